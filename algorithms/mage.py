@@ -1,0 +1,678 @@
+"""MAGE: Multi-scale Autoregressive GEneration for offline RL (Lin, Gao et al., ICLR 2026, arXiv 2602.23770).
+
+One self-contained file, read top to bottom:
+  config -> data -> (1) condition-guided multi-scale trajectory autoencoder -> (2) multi-scale transformer
+  -> (3) condition-guided decoder + latent inverse dynamics, end-to-end through Gumbel-Softmax
+  -> training (three stages, one step counter, checkpoints and --resume) -> evaluation (planning policy) -> main.
+
+A training example is a segment x = [(R_t, s_t), ..., (R_{t+H-1}, s_{t+H-1})] of returns-to-go and states.
+Actions are not generated: they come from an inverse-dynamics head on the aggregated latent.
+Run:  python algorithms/mage.py --config configs/mage/maze2d-umaze.yaml [--field value ...]
+Choices the paper leaves open are marked "(choice)" and listed in README.md.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from shared.buffer import Normalizer, SegmentBuffer, goal_returns_to_go, returns_to_go, split_trajectories  # noqa: E402
+from shared.datasets import load_dataset  # noqa: E402
+from shared.evaluation import evaluate  # noqa: E402
+from shared.logger import Logger, finish_run, prepare_run_dir  # noqa: E402
+from shared.tasks import get_task  # noqa: E402
+from shared.utils import (  # noqa: E402
+    RunError, device_name, load_latest_checkpoint, resolve_device, rng_state, run_main, save_checkpoint,
+    set_rng_state, set_seed,
+)
+
+
+# ============================================================================ config
+@dataclass
+class TrainConfig:
+    # --- run
+    task: str = "maze2d-umaze"  # task name from shared/tasks.py (embedded maze2d-*/multi2d-* or a D4RL name)
+    seed: int = 0  # training seed (models, sampling)
+    eval_seed: int = 1000  # first evaluation episode seed; episode i uses eval_seed + i
+    device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"; asking for cuda without a GPU is an error
+    out_dir: str = "runs"  # run folder root: checkpoints, metrics.jsonl and final.json go to out_dir/mage/task/seedK
+    results_path: Optional[str] = None  # also write the final metrics JSON here (e.g. benchmarks/results/...)
+    resume: bool = False  # continue from the newest checkpoint in the run folder
+    wandb_mode: str = "offline"  # "online", "offline" or "disabled" (WANDB_MODE overrides)
+    project: str = "mage-suite"  # W&B project
+    # --- data
+    dataset_path: Optional[str] = None  # a D4RL-format HDF5 file to train on instead of the task's default data
+    dataset_size: Optional[int] = None  # transitions of embedded data to generate/use (None: the task's full size)
+    dataset_seed: int = 0  # seed of the embedded dataset generator
+    horizon: int = 64  # H: time steps per generated segment
+    patch: int = 2  # temporal downsampling of the encoder: latent length L = horizon / patch (power of 2)
+    discount: float = 0.99  # goal tasks: R_t = discount^(steps to the goal); reward tasks: RTG discount
+    rtg_scale: float = 1.0  # reward tasks: returns-to-go are divided by this
+    # --- (1) multi-scale autoencoder
+    scales: List[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])  # token-map lengths l_1..l_K; l_K = L
+    codebook_size: int = 512  # V: entries of the one codebook shared by all scales
+    code_dim: int = 32  # width of a code vector
+    ae_channels: int = 128  # conv channels of encoder and decoder
+    ae_blocks: int = 2  # residual blocks per resolution in encoder and decoder
+    beta: float = 0.25  # commitment weight of the VQ loss
+    phi_ratio: float = 0.5  # VAR's phi_k: share of the 1-D conv refinement after upsampling a scale
+    dead_code_every: int = 200  # restart codes unused over this many steps (0: never)
+    # --- (2) multi-scale transformer
+    d_model: int = 256  # transformer width
+    n_layers: int = 6  # transformer blocks
+    n_heads: int = 8  # attention heads
+    dropout: float = 0.1  # dropout in the transformer
+    # --- (3) condition-guided decoder and inverse dynamics
+    adapter_dim: int = 64  # bottleneck width of the decoder adapters (trained in the end-to-end stage)
+    action_horizon: int = 1  # actions predicted from one plan (replan_every <= action_horizon)
+    gumbel_tau: float = 1.0  # Gumbel-Softmax temperature in end-to-end fine-tuning
+    w_inv: float = 1.0  # weight of L_inv (action from the latent)
+    w_cond: float = 1.0  # weight of L_cond (first decoded step matches the condition)
+    w_ce: float = 1.0  # weight of the token cross-entropy kept during end-to-end fine-tuning
+    # --- training
+    batch_size: int = 256  # segments per step
+    ae_steps: int = 20_000  # stage 1: autoencoder + inverse dynamics
+    tf_steps: int = 30_000  # stage 2: transformer (next-scale cross-entropy)
+    e2e_steps: int = 10_000  # stage 3: end-to-end through Gumbel-Softmax (transformer, adapters, inverse dynamics)
+    lr: float = 3e-4  # AdamW learning rate of stages 1 and 2
+    e2e_lr: float = 1e-4  # AdamW learning rate of stage 3
+    weight_decay: float = 1e-4  # AdamW weight decay
+    grad_clip: float = 1.0  # gradient norm clip
+    warmup_steps: int = 500  # linear warm-up at the start of each stage
+    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    log_every: int = 200  # steps between logged training metrics
+    checkpoint_every: int = 5000  # steps between checkpoints (and at the end of every stage)
+    # --- evaluation
+    eval_every: int = 0  # steps between evaluations during stages 2-3 (0: only at the end)
+    eval_episodes: int = 100  # episodes of the final evaluation
+    eval_episodes_during: int = 20  # episodes of each evaluation during training
+    num_eval_envs: int = 50  # environments stepped together (one batched plan per step)
+    target_return: float = 1.0  # condition R at evaluation: goal tasks in [0, 1] (1 = at the goal); reward tasks raw
+    replan_every: int = 1  # environment steps between plans
+    temperature: float = 0.0  # token sampling temperature at evaluation (0: argmax)
+
+
+# ============================================================================ data
+@dataclass
+class TrajectoryData:
+    buffer: SegmentBuffer  # segments with fields x [H, 1+obs], cond [cond_dim], actions
+    obs_norm: Normalizer  # state normalisation (saved in checkpoints)
+    obs_dim: int
+    act_dim: int
+    cond_dim: int
+    goal_conditioned: bool
+    info: dict  # dataset source and recipe, for the results file
+
+
+def load_data(config: TrainConfig, device: torch.device) -> TrajectoryData:
+    """Dataset -> trajectories -> per-step (R, s), conditions and actions in a device-side segment buffer."""
+    task = get_task(config.task)
+    data, info = load_dataset(config.task, dataset_path=config.dataset_path, size=config.dataset_size,
+                              seed=config.dataset_seed)
+    obs, actions = data["observations"].astype(np.float32), data["actions"].astype(np.float32)
+    bounds = split_trajectories(data["terminals"], data["timeouts"])
+    obs_norm = Normalizer.fit(obs)
+    s = obs_norm.normalize(obs)
+    if task.goal_conditioned:
+        # (choice) hindsight goal = the goal the data collector was driving to; R = discount^(steps to reach it)
+        goals = data["infos/goal"].astype(np.float32)
+        rtg = goal_returns_to_go(obs[:, :2], goals, bounds, radius=0.45, discount=config.discount)
+        goal_n = obs_norm.normalize(np.concatenate([goals, np.zeros_like(obs[:, 2:])], 1))[:, :2]
+    else:
+        rtg = returns_to_go(data["rewards"], bounds, config.discount) / config.rtg_scale
+        goal_n = np.zeros((len(obs), 0), np.float32)
+    x = np.concatenate([rtg[:, None], s], 1).astype(np.float32)
+    cond = np.concatenate([x, goal_n], 1).astype(np.float32)  # (R_t, s_t [, g])
+    buffer = SegmentBuffer({"x": x, "cond": cond, "actions": actions}, bounds, config.horizon, device)
+    print(f"[mage] {config.task}: {len(obs):,} transitions, {buffer.num_trajectories:,} trajectories, "
+          f"data = {info['source']}")
+    return TrajectoryData(buffer, obs_norm, obs.shape[1], actions.shape[1], cond.shape[1],
+                          task.goal_conditioned, info)
+
+
+# ============================================================================ (1) multi-scale trajectory autoencoder
+class ResBlock1d(nn.Module):
+    """Conv residual block; ``film`` injects the condition, ``adapter`` is the zero-initialised condition-guided
+    refinement (trained only in the end-to-end stage, so the base decoder stays frozen there)."""
+
+    def __init__(self, channels: int, cond_dim: int = 0, adapter_dim: int = 0) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.GroupNorm(8, channels), nn.GroupNorm(8, channels)
+        self.conv1 = nn.Conv1d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv1d(channels, channels, 3, padding=1)
+        self.film = nn.Linear(cond_dim, 2 * channels) if cond_dim else None
+        self.adapter = None
+        if adapter_dim:
+            self.adapter = nn.Sequential(nn.Conv1d(channels + cond_dim, adapter_dim, 1), nn.SiLU(),
+                                         nn.Conv1d(adapter_dim, channels, 1))
+            nn.init.zeros_(self.adapter[-1].weight)
+            nn.init.zeros_(self.adapter[-1].bias)
+
+    def forward(self, h: torch.Tensor, c: Optional[torch.Tensor] = None) -> torch.Tensor:
+        y = self.conv1(F.silu(self.norm1(h)))
+        if self.film is not None:
+            scale, shift = self.film(c).unsqueeze(-1).chunk(2, dim=1)
+            y = y * (1 + scale) + shift
+        h = h + self.conv2(F.silu(self.norm2(y)))
+        if self.adapter is not None:
+            h = h + self.adapter(torch.cat([h, c.unsqueeze(-1).expand(-1, -1, h.shape[-1])], 1))
+        return h
+
+
+class TrajectoryEncoder(nn.Module):
+    """x [B, H, D] -> continuous feature f [B, code_dim, L] with L = H / patch."""
+
+    def __init__(self, in_dim: int, channels: int, code_dim: int, patch: int, blocks: int) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv1d(in_dim, channels, 3, padding=1)]
+        for _ in range(int(math.log2(patch))):
+            layers += [ResBlock1d(channels) for _ in range(blocks)]
+            layers.append(nn.Conv1d(channels, channels, 4, stride=2, padding=1))
+        layers += [ResBlock1d(channels) for _ in range(blocks)]
+        layers += [nn.GroupNorm(8, channels), nn.SiLU(), nn.Conv1d(channels, code_dim, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.transpose(1, 2))
+
+
+class MultiScaleVQ(nn.Module):
+    """VAR-style residual quantisation over time with one shared codebook.
+
+    For each scale k (length l_k): area-downsample the residual to l_k, take the nearest code per position
+    (token map m_k), upsample back to L, refine with phi_k, subtract from the residual. sum_k z_k = f_hat.
+    """
+
+    def __init__(self, scales: List[int], vocab: int, dim: int, beta: float, phi_ratio: float) -> None:
+        super().__init__()
+        self.scales, self.L, self.dim, self.beta, self.phi_ratio = list(scales), scales[-1], dim, beta, phi_ratio
+        self.codebook = nn.Embedding(vocab, dim)
+        nn.init.uniform_(self.codebook.weight, -1.0 / vocab, 1.0 / vocab)
+        self.phi = nn.ModuleList(nn.Conv1d(dim, dim, 3, padding=1) for _ in scales)
+        self.register_buffer("usage", torch.zeros(vocab))  # code hits since the last dead-code restart
+        self.register_buffer("initialised", torch.tensor(False))
+
+    def nearest(self, r: torch.Tensor) -> torch.Tensor:
+        """r [B, dim, l] -> token indices [B, l] (nearest code in L2; fp32 so bf16 never flips a choice)."""
+        flat = r.float().transpose(1, 2).reshape(-1, self.dim)
+        cb = self.codebook.weight.float()
+        dist = flat.pow(2).sum(1, keepdim=True) - 2 * flat @ cb.t() + cb.pow(2).sum(1)
+        return dist.argmin(1).view(r.shape[0], r.shape[2])
+
+    def embed_scale(self, k: int, idx: Optional[torch.Tensor] = None, onehot: Optional[torch.Tensor] = None):
+        """Scale k's contribution z_k [B, dim, L] from token indices (or soft one-hots for Gumbel-Softmax)."""
+        q = self.codebook(idx) if onehot is None else onehot @ self.codebook.weight  # [B, l_k, dim]
+        q = q.transpose(1, 2)
+        if q.shape[-1] != self.L:
+            q = F.interpolate(q, size=self.L, mode="linear", align_corners=False)
+        return (1 - self.phi_ratio) * q + self.phi_ratio * self.phi[k](q)
+
+    def next_input(self, f_hat: torch.Tensor, k: int) -> torch.Tensor:
+        """VAR's teacher input for scale k+1: the accumulated latent area-downsampled to l_{k+1}, [B, l, dim]."""
+        return F.interpolate(f_hat, size=self.scales[k + 1], mode="area").transpose(1, 2)
+
+    def forward(self, f: torch.Tensor):
+        """Quantise f [B, dim, L]. Returns (f_hat with straight-through gradient, token maps, VQ loss, z_k list)."""
+        if self.training and not bool(self.initialised):
+            self._init_from(f)
+        f_ng = f.detach()
+        resid, f_hat = f_ng.clone(), torch.zeros_like(f_ng)
+        idx_list, zs, loss = [], [], f.new_zeros(())
+        for k, length in enumerate(self.scales):
+            r_k = F.interpolate(resid, size=length, mode="area") if length != self.L else resid
+            idx = self.nearest(r_k)
+            z = self.embed_scale(k, idx)
+            f_hat = f_hat + z
+            resid = resid - z.detach()
+            idx_list.append(idx)
+            zs.append(z)
+            # codebook/phi move towards f; the encoder commits to the current f_hat
+            loss = loss + F.mse_loss(f_hat, f_ng) + self.beta * F.mse_loss(f_hat.detach(), f)
+            if self.training:
+                self.usage += torch.bincount(idx.flatten(), minlength=self.usage.numel()).float()
+                self._last_resid = r_k.detach()
+        f_st = f + (f_hat - f).detach()  # straight-through to the encoder
+        return f_st, idx_list, loss / len(self.scales), zs
+
+    @torch.no_grad()
+    def _init_from(self, f: torch.Tensor) -> None:
+        # (choice) codes start on random encoder features, so none is dead from the first step
+        vecs = f.detach().transpose(1, 2).reshape(-1, self.dim)
+        pick = torch.randint(len(vecs), (self.codebook.num_embeddings,), device=f.device)
+        self.codebook.weight.copy_(vecs[pick] + 0.01 * torch.randn_like(vecs[pick]))
+        self.initialised.fill_(True)
+
+    @torch.no_grad()
+    def restart_dead_codes(self) -> int:
+        """Move codes that were never chosen since the last call onto recent residual vectors."""
+        dead = (self.usage == 0).nonzero().flatten()
+        if len(dead) and hasattr(self, "_last_resid"):
+            vecs = self._last_resid.transpose(1, 2).reshape(-1, self.dim)
+            pick = torch.randint(len(vecs), (len(dead),), device=vecs.device)
+            self.codebook.weight[dead] = vecs[pick].to(self.codebook.weight.dtype)
+        self.usage.zero_()
+        return len(dead)
+
+
+class ConditionGuidedDecoder(nn.Module):
+    """Latent [B, code_dim, L] + condition (R_t, s_t [, g]) -> x_hat [B, H, D].
+
+    FiLM carries the condition from stage 1 on; the adapters (zero-initialised) are D' of the paper, trained
+    in the end-to-end stage with L_cond while the rest of the decoder is frozen.
+    """
+
+    def __init__(self, out_dim: int, channels: int, code_dim: int, cond_dim: int, patch: int, blocks: int,
+                 adapter_dim: int) -> None:
+        super().__init__()
+        self.cond_embed = nn.Sequential(nn.Linear(cond_dim, channels), nn.SiLU(), nn.Linear(channels, channels))
+        self.inp = nn.Conv1d(code_dim, channels, 3, padding=1)
+        self.stages = nn.ModuleList()
+        for _ in range(int(math.log2(patch)) + 1):
+            self.stages.append(nn.ModuleList(ResBlock1d(channels, channels, adapter_dim) for _ in range(blocks)))
+        self.up = nn.ModuleList(nn.Conv1d(channels, channels, 3, padding=1) for _ in range(int(math.log2(patch))))
+        self.out = nn.Sequential(nn.GroupNorm(8, channels), nn.SiLU(), nn.Conv1d(channels, out_dim, 3, padding=1))
+
+    def forward(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        c = self.cond_embed(cond)
+        h = self.inp(z)
+        for i, blocks in enumerate(self.stages):
+            for block in blocks:
+                h = block(h, c)
+            if i < len(self.up):
+                h = self.up[i](F.interpolate(h, scale_factor=2, mode="nearest"))
+        return self.out(h).transpose(1, 2)
+
+    def adapter_parameters(self):
+        return [p for n, p in self.named_parameters() if ".adapter." in n]
+
+
+class LatentInverseDynamics(nn.Module):
+    """a_t (.. a_{t+A-1}) = I(sum_k z_k, condition): actions read off the aggregated latent (L_inv)."""
+
+    def __init__(self, code_dim: int, length: int, cond_dim: int, act_dim: int, action_horizon: int,
+                 hidden: int = 512) -> None:
+        super().__init__()
+        self.act_dim, self.action_horizon = act_dim, action_horizon
+        self.net = nn.Sequential(
+            nn.Linear(code_dim * length + cond_dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(),
+            nn.Linear(hidden, act_dim * action_horizon), nn.Tanh(),
+        )
+
+    def forward(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        out = self.net(torch.cat([z.flatten(1), cond], 1))
+        return out.view(-1, self.action_horizon, self.act_dim)
+
+
+# ============================================================================ (2) multi-scale transformer
+class AdaLNBlock(nn.Module):
+    """Pre-norm transformer block whose norms are modulated by the condition (RTG reaches every scale)."""
+
+    def __init__(self, d: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.heads, self.dropout = heads, dropout
+        self.norm1 = nn.LayerNorm(d, elementwise_affine=False)
+        self.norm2 = nn.LayerNorm(d, elementwise_affine=False)
+        self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(approximate="tanh"), nn.Dropout(dropout),
+                                 nn.Linear(4 * d, d))
+        self.ada = nn.Sequential(nn.SiLU(), nn.Linear(d, 6 * d))
+        nn.init.zeros_(self.ada[-1].weight)
+        nn.init.zeros_(self.ada[-1].bias)
+
+    def forward(self, x, c, mask=None, cache: Optional[list] = None):
+        s1, b1, g1, s2, b2, g2 = self.ada(c).unsqueeze(1).chunk(6, dim=-1)
+        h = self.norm1(x) * (1 + s1) + b1
+        q, k, v = self.qkv(h).view(x.shape[0], x.shape[1], 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        if cache is not None:  # generation: keys/values of coarser scales are kept, never recomputed
+            if cache:
+                k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)
+            cache[:] = [k, v]
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        x = x + (1 + g1) * self.proj(a.transpose(1, 2).flatten(2))
+        return x + (1 + g2) * self.mlp(self.norm2(x) * (1 + s2) + b2)
+
+
+class MultiScaleTransformer(nn.Module):
+    """p(m_1..m_K | c) = prod_k p(m_k | m_<k, c), VAR-style next-scale prediction.
+
+    Sequence = [condition token (scale 1's slot)] + [scale-k inputs for k = 2..K], each the accumulated latent
+    of scales < k downsampled to l_k. Block-causal: a position of scale k attends to scales <= k only.
+    """
+
+    def __init__(self, scales: List[int], vocab: int, code_dim: int, cond_dim: int, d: int, layers: int,
+                 heads: int, dropout: float) -> None:
+        super().__init__()
+        if scales[0] != 1:
+            raise RunError(f"scales must start at 1 (the condition token's slot), got {scales}")
+        self.scales = list(scales)
+        n = sum(scales)
+        self.cond_embed = nn.Sequential(nn.Linear(cond_dim, d), nn.SiLU(), nn.Linear(d, d))
+        self.word_embed = nn.Linear(code_dim, d)
+        self.pos = nn.Parameter(torch.randn(1, n, d) * 0.02)
+        self.level = nn.Embedding(len(scales), d)
+        self.blocks = nn.ModuleList(AdaLNBlock(d, heads, dropout) for _ in range(layers))
+        self.head_norm = nn.LayerNorm(d, elementwise_affine=False)
+        self.head_ada = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
+        self.head = nn.Linear(d, vocab)
+        level = torch.cat([torch.full((length,), k) for k, length in enumerate(scales)])
+        self.register_buffer("level_ids", level, persistent=False)
+        self.register_buffer("mask", level[:, None] >= level[None, :], persistent=False)  # True = may attend
+        self.bounds = np.cumsum([0] + self.scales).tolist()
+
+    def embed(self, c: torch.Tensor, inputs: Optional[torch.Tensor], k0: int, k1: int) -> torch.Tensor:
+        """Token embeddings of scales k0..k1-1 (k0 = 0 starts with the condition token)."""
+        parts = []
+        if k0 == 0:
+            parts.append(c[:, None, :])
+        if inputs is not None:
+            parts.append(self.word_embed(inputs))
+        lo, hi = self.bounds[k0], self.bounds[k1]
+        return torch.cat(parts, 1) + self.pos[:, lo:hi] + self.level(self.level_ids[lo:hi])
+
+    def logits(self, h: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.head_ada(c).unsqueeze(1).chunk(2, dim=-1)
+        return self.head(self.head_norm(h) * (1 + scale) + shift)
+
+    def forward(self, cond: torch.Tensor, scale_inputs: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits [B, sum l_k, V]; scale_inputs [B, sum_{k>=2} l_k, code_dim]."""
+        c = self.cond_embed(cond)
+        h = self.embed(c, scale_inputs, 0, len(self.scales))
+        for block in self.blocks:
+            h = block(h, c, self.mask)
+        return self.logits(h, c)
+
+    @torch.no_grad()
+    def generate(self, cond: torch.Tensor, vq: MultiScaleVQ, temperature: float = 0.0):
+        """K forward passes (one per scale) with a KV cache. Returns (f_hat [B, dim, L], token maps)."""
+        c = self.cond_embed(cond)
+        caches: list[list] = [[] for _ in self.blocks]
+        f_hat = cond.new_zeros(cond.shape[0], vq.dim, vq.L)
+        h, idx_list = self.embed(c, None, 0, 1), []
+        for k in range(len(self.scales)):
+            for block, cache in zip(self.blocks, caches):
+                h = block(h, c, None, cache)  # new tokens see all cached (coarser) ones and their own scale
+            logits = self.logits(h, c).float()
+            if temperature > 0:
+                idx = torch.distributions.Categorical(logits=logits / temperature).sample()
+            else:
+                idx = logits.argmax(-1)
+            idx_list.append(idx)
+            f_hat = f_hat + vq.embed_scale(k, idx).to(f_hat.dtype)
+            if k + 1 < len(self.scales):
+                h = self.embed(c, vq.next_input(f_hat, k).to(c.dtype), k + 1, k + 2)
+        return f_hat, idx_list
+
+
+# ============================================================================ (3) MAGE = the three parts together
+class MAGE(nn.Module):
+    def __init__(self, config: TrainConfig, x_dim: int, cond_dim: int, act_dim: int) -> None:
+        super().__init__()
+        L = config.horizon // config.patch
+        if config.horizon % config.patch or config.patch & (config.patch - 1):
+            raise RunError(f"patch ({config.patch}) must be a power of 2 dividing horizon ({config.horizon})")
+        if config.scales[-1] != L or sorted(config.scales) != list(config.scales):
+            raise RunError(f"scales {config.scales} must increase and end at horizon/patch = {L}")
+        self.encoder = TrajectoryEncoder(x_dim, config.ae_channels, config.code_dim, config.patch, config.ae_blocks)
+        self.vq = MultiScaleVQ(config.scales, config.codebook_size, config.code_dim, config.beta, config.phi_ratio)
+        self.decoder = ConditionGuidedDecoder(x_dim, config.ae_channels, config.code_dim, cond_dim, config.patch,
+                                              config.ae_blocks, config.adapter_dim)
+        self.inverse = LatentInverseDynamics(config.code_dim, L, cond_dim, act_dim, config.action_horizon)
+        self.transformer = MultiScaleTransformer(config.scales, config.codebook_size, config.code_dim, cond_dim,
+                                                 config.d_model, config.n_layers, config.n_heads, config.dropout)
+
+    def teacher_inputs(self, zs: list[torch.Tensor]) -> torch.Tensor:
+        """Transformer inputs for scales 2..K from the true per-scale contributions z_k."""
+        f_hat, inputs = torch.zeros_like(zs[0]), []
+        for k in range(len(zs) - 1):
+            f_hat = f_hat + zs[k]
+            inputs.append(self.vq.next_input(f_hat, k))
+        return torch.cat(inputs, 1)
+
+
+def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    err = (pred.float() - target.float()).pow(2).mean(-1)
+    return (err * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def autoencoder_loss(model: MAGE, batch: dict, config: TrainConfig, per_scale: bool = False):
+    """Stage 1: reconstruction + VQ + L_inv on the true latent."""
+    x, cond, mask = batch["x"], batch["cond"][:, 0], batch["mask"]
+    f_st, idx_list, vq_loss, zs = model.vq(model.encoder(x))
+    recon = masked_mse(model.decoder(f_st, cond), x, mask)
+    act = model.inverse(f_st, cond)
+    A = config.action_horizon
+    inv = masked_mse(act, batch["actions"][:, :A], mask[:, :A])
+    loss = recon + vq_loss + config.w_inv * inv
+    stats = {"ae/recon": recon.item(), "ae/vq": vq_loss.item(), "ae/inv": inv.item()}
+    if per_scale:  # reconstruction from the first k scales only: should fall as k grows
+        with torch.no_grad():
+            partial = torch.zeros_like(zs[0])
+            for k, z in enumerate(zs):
+                partial = partial + z
+                stats[f"ae/recon_scale{k + 1}"] = masked_mse(model.decoder(partial, cond), x, mask).item()
+            counts = torch.bincount(torch.cat([i.flatten() for i in idx_list]), minlength=config.codebook_size)
+            p = counts.float() / counts.sum()
+            stats["ae/perplexity"] = torch.exp(-(p * (p + 1e-10).log()).sum()).item()
+            stats["ae/codebook_usage"] = (counts > 0).float().mean().item()
+    return loss, stats
+
+
+def transformer_loss(model: MAGE, batch: dict):
+    """Stage 2: next-scale cross-entropy on the token maps of the frozen autoencoder."""
+    cond = batch["cond"][:, 0]
+    with torch.no_grad():
+        _, idx_list, _, zs = model.vq(model.encoder(batch["x"]))
+        inputs = model.teacher_inputs(zs)
+    logits = model.transformer(cond, inputs)
+    target = torch.cat(idx_list, 1)
+    ce = F.cross_entropy(logits.float().flatten(0, 1), target.flatten())
+    acc = (logits.argmax(-1) == target).float().mean()
+    return ce, {"tf/ce": ce.item(), "tf/token_acc": acc.item()}
+
+
+def end_to_end_loss(model: MAGE, batch: dict, config: TrainConfig):
+    """Stage 3: tokens sampled with straight-through Gumbel-Softmax from the transformer, so L_inv and L_cond
+    reach it; the adapters of the decoder learn L_cond. (choice) Scale inputs are teacher-forced."""
+    x, cond, mask = batch["x"], batch["cond"][:, 0], batch["mask"]
+    with torch.no_grad():
+        _, idx_list, _, zs = model.vq(model.encoder(x))
+        inputs = model.teacher_inputs(zs)
+    logits = model.transformer(cond, inputs)
+    ce = F.cross_entropy(logits.float().flatten(0, 1), torch.cat(idx_list, 1).flatten())
+    onehot = F.gumbel_softmax(logits.float(), tau=config.gumbel_tau, hard=True)
+    bounds = model.transformer.bounds
+    f_gen = sum(model.vq.embed_scale(k, onehot=onehot[:, bounds[k]:bounds[k + 1]]) for k in range(len(bounds) - 1))
+    A = config.action_horizon
+    inv = masked_mse(model.inverse(f_gen, cond), batch["actions"][:, :A], mask[:, :A])
+    cond_err = F.mse_loss(model.decoder(f_gen, cond)[:, 0].float(), x[:, 0].float())  # L_cond on the first step
+    loss = config.w_ce * ce + config.w_inv * inv + config.w_cond * cond_err
+    return loss, {"e2e/ce": ce.item(), "e2e/inv": inv.item(), "e2e/cond": cond_err.item()}
+
+
+# ============================================================================ training
+STAGES = ("autoencoder", "transformer", "end_to_end")
+
+
+def stage_of(step: int, config: TrainConfig) -> str:
+    if step < config.ae_steps:
+        return "autoencoder"
+    return "transformer" if step < config.ae_steps + config.tf_steps else "end_to_end"
+
+
+def make_optimizer(model: MAGE, stage: str, config: TrainConfig) -> torch.optim.Optimizer:
+    """Each stage trains its own parameters; the others are frozen (requires_grad off)."""
+    model.requires_grad_(False)
+    if stage == "autoencoder":
+        params = [*model.encoder.parameters(), *model.vq.parameters(), *model.inverse.parameters(),
+                  *(p for n, p in model.decoder.named_parameters() if ".adapter." not in n)]
+        lr = config.lr
+    elif stage == "transformer":
+        params, lr = list(model.transformer.parameters()), config.lr
+    else:
+        params = [*model.transformer.parameters(), *model.decoder.adapter_parameters(), *model.inverse.parameters()]
+        lr = config.e2e_lr
+    for p in params:
+        p.requires_grad_(True)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+
+
+def lr_factor(step_in_stage: int, stage_steps: int, warmup: int) -> float:
+    """Linear warm-up then cosine decay to 10% within each stage."""
+    if step_in_stage < warmup:
+        return (step_in_stage + 1) / warmup
+    progress = (step_in_stage - warmup) / max(1, stage_steps - warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def stage_bounds(stage: str, config: TrainConfig) -> tuple[int, int]:
+    starts = {"autoencoder": 0, "transformer": config.ae_steps, "end_to_end": config.ae_steps + config.tf_steps}
+    lengths = {"autoencoder": config.ae_steps, "transformer": config.tf_steps, "end_to_end": config.e2e_steps}
+    return starts[stage], lengths[stage]
+
+
+def train(config: TrainConfig, data: TrajectoryData, model: MAGE, run_dir: Path, logger: Logger,
+          device: torch.device, evaluate_fn=None) -> int:
+    """Run the three stages from the newest checkpoint (if resuming) to the end; returns the final step."""
+    total = config.ae_steps + config.tf_steps + config.e2e_steps
+    step, stage, optimizer = 0, None, None
+    if config.resume:
+        state = load_latest_checkpoint(run_dir, map_location=device)
+        if state is not None:
+            model.load_state_dict(state["model"])
+            step = state["step"]
+            if step < total:
+                stage = stage_of(step, config)
+                optimizer = make_optimizer(model, stage, config)
+                if state.get("stage") == stage:
+                    optimizer.load_state_dict(state["optimizer"])
+            set_rng_state(state["rng"])
+            print(f"[mage] resumed from step {step} ({run_dir})")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.bf16 and device.type == "cuda")
+    bar = tqdm(total=total, initial=step, desc="mage", dynamic_ncols=True, disable=not sys.stderr.isatty())
+    last_print = time.time()
+    while step < total:
+        if stage_of(step, config) != stage:
+            stage = stage_of(step, config)
+            optimizer = make_optimizer(model, stage, config)
+            bar.set_description(f"mage [{stage}]")
+        start, length = stage_bounds(stage, config)
+        for group in optimizer.param_groups:
+            base = config.e2e_lr if stage == "end_to_end" else config.lr
+            group["lr"] = base * lr_factor(step - start, length, config.warmup_steps)
+        model.train()
+        batch = data.buffer.sample(config.batch_size)
+        log_now = (step + 1) % config.log_every == 0
+        with autocast:
+            if stage == "autoencoder":
+                loss, stats = autoencoder_loss(model, batch, config, per_scale=log_now)
+            elif stage == "transformer":
+                model.encoder.eval(), model.vq.eval()
+                loss, stats = transformer_loss(model, batch)
+            else:
+                model.encoder.eval(), model.vq.eval()
+                loss, stats = end_to_end_loss(model, batch, config)
+        if not torch.isfinite(loss):
+            last = sorted(run_dir.glob("checkpoint_*.pt"))
+            raise RunError(f"{stage} loss became {loss.item()} at step {step}; stopped, the last good checkpoint "
+                           f"is {last[-1] if last else 'none (no checkpoint written yet)'}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(
+            [p for g in optimizer.param_groups for p in g["params"]], config.grad_clip)
+        optimizer.step()
+        step += 1
+        bar.update(1)
+        if stage == "autoencoder" and config.dead_code_every and step % config.dead_code_every == 0:
+            stats["ae/dead_codes_restarted"] = model.vq.restart_dead_codes()
+        if log_now:
+            logger.log({**stats, "train/loss": loss.item(), "train/grad_norm": grad_norm.item(),
+                        "train/lr": optimizer.param_groups[0]["lr"]}, step)
+            bar.set_postfix({k.split("/")[1]: f"{v:.3g}" for k, v in list(stats.items())[:3]})
+            if bar.disable and time.time() - last_print > 30:  # no TTY (batch jobs): a plain line every 30 s
+                print(f"[mage] step {step}/{total} {stage} loss {loss.item():.4f}", flush=True)
+                last_print = time.time()
+        stage_end = step in (config.ae_steps, config.ae_steps + config.tf_steps, total)
+        if step % config.checkpoint_every == 0 or stage_end:
+            save_checkpoint(run_dir, step, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                                            "stage": stage, "rng": rng_state(), "config": vars(config).copy(),
+                                            "obs_norm": data.obs_norm.state_dict()})
+        if (evaluate_fn is not None and config.eval_every and step > config.ae_steps
+                and step % config.eval_every == 0 and step < total):
+            res = evaluate_fn(config.eval_episodes_during)
+            logger.log({"eval/normalized_score": res.score_mean, "eval/return": res.return_mean}, step)
+    bar.close()
+    return step
+
+
+# ============================================================================ evaluation
+class MagePolicy:
+    """Plans K scales from (s_t, R_t [, g]) and acts with the latent inverse-dynamics head (shared.evaluation's
+    Policy protocol). Replans every ``replan_every`` steps; reward tasks lower R by the rewards received (as DT)."""
+
+    def __init__(self, model: MAGE, data: TrajectoryData, config: TrainConfig, device: torch.device) -> None:
+        if config.replan_every > config.action_horizon:
+            raise RunError(f"replan_every ({config.replan_every}) > action_horizon ({config.action_horizon})")
+        self.model, self.data, self.config, self.device = model, data, config, device
+
+    def reset(self, goals: np.ndarray) -> None:
+        n = len(goals)
+        g = np.concatenate([goals, np.zeros((n, self.data.obs_dim - 2), np.float32)], 1)
+        self.goal_n = self.data.obs_norm.normalize(g)[:, :2].astype(np.float32)
+        scale = 1.0 if self.data.goal_conditioned else self.config.rtg_scale
+        self.rtg = np.full(n, self.config.target_return / scale, np.float32)
+        self.t, self.plan = 0, None
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, last_rewards: np.ndarray) -> np.ndarray:
+        if not self.data.goal_conditioned:
+            self.rtg = self.rtg - last_rewards.astype(np.float32) / self.config.rtg_scale
+        k = self.t % self.config.replan_every
+        if k == 0:
+            s = self.data.obs_norm.normalize(obs.astype(np.float32))
+            parts = [self.rtg[:, None], s] + ([self.goal_n] if self.data.goal_conditioned else [])
+            cond = torch.as_tensor(np.concatenate(parts, 1), device=self.device)
+            self.model.eval()
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.config.bf16 and self.device.type == "cuda"):
+                f_hat, _ = self.model.transformer.generate(cond, self.model.vq, self.config.temperature)
+                self.plan = self.model.inverse(f_hat, cond).float().cpu().numpy()
+        self.t += 1
+        return np.clip(self.plan[:, k], -1.0, 1.0)
+
+
+# ============================================================================ main
+def main(config: TrainConfig) -> dict:
+    task = get_task(config.task)  # unknown task: one clear line
+    device = resolve_device(config.device)
+    set_seed(config.seed)
+    run_dir = prepare_run_dir(config, "mage")
+    data = load_data(config, device)
+    model = MAGE(config, 1 + data.obs_dim, data.cond_dim, data.act_dim).to(device)
+    print(f"[mage] {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {device_name(device)}")
+    logger = Logger(config, "mage", run_dir, config.wandb_mode, config.project)
+
+    def run_eval(episodes: int):
+        return evaluate(task.name, MagePolicy(model, data, config, device), episodes, config.eval_seed,
+                        num_envs=config.num_eval_envs)
+
+    t0 = time.time()
+    steps = train(config, data, model, run_dir, logger, device, run_eval)
+    train_wall = time.time() - t0
+    result = run_eval(config.eval_episodes)
+    return finish_run("mage", config, run_dir, logger, data.info, result, steps, train_wall, device_name(device))
+
+
+if __name__ == "__main__":
+    run_main(main, TrainConfig)

@@ -1,0 +1,162 @@
+"""Small run utilities shared by every algorithm: config parsing, seeding, devices, atomic files, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Optional, Type, TypeVar
+
+import numpy as np
+import pyrallis
+import torch
+
+T = TypeVar("T")
+
+
+class RunError(RuntimeError):
+    """An error that the entry point reports as one line (bad config, missing GPU, NaN loss, ...)."""
+
+
+def parse_config(config_class: Type[T], args: Optional[list[str]] = None) -> T:
+    """Parse ``--config file.yaml`` plus ``--field value`` overrides into ``config_class`` (pyrallis).
+
+    Any problem (unknown key, wrong type) becomes one clear line and exit status 2.
+    """
+    argv = list(sys.argv[1:] if args is None else args)
+    # pyrallis calls the option --config_path; our users type --config.
+    argv = ["--config_path" if a == "--config" else a.replace("--config=", "--config_path=", 1) for a in argv]
+    try:
+        return pyrallis.parse(config_class=config_class, args=argv)
+    except SystemExit:
+        raise
+    except Exception as exc:  # pyrallis raises bare Exceptions for unknown keys
+        msg = str(exc).strip().splitlines()
+        known = ", ".join(f.name for f in config_class.__dataclass_fields__.values())  # type: ignore[attr-defined]
+        print(f"config error: {msg[0] if msg else exc!r} (valid fields: {known})", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def run_main(main: Callable[[T], Any], config_class: Type[T]) -> None:
+    """Entry point: parse the config, run ``main``; a RunError/DatasetError is printed as one line, exit 1."""
+    config = parse_config(config_class)
+    try:
+        main(config)
+    except (RunError, ValueError, KeyError, FileNotFoundError) as exc:
+        text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+        print(f"error: {text}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def set_seed(seed: int, deterministic_torch: bool = False) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic_torch:
+        torch.use_deterministic_algorithms(True)
+
+
+def resolve_device(device: str) -> torch.device:
+    """'auto' picks cuda when present; asking for cuda without a GPU is an error, not a silent CPU run."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RunError(f"device '{device}' was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    return torch.device(device)
+
+
+def device_name(device: torch.device) -> str:
+    """Human-readable name of the hardware a run used (GPU model or CPU model)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"CPU: {line.split(':', 1)[1].strip()} x{os.cpu_count()}"
+    except OSError:
+        pass
+    return f"CPU x{os.cpu_count()}"
+
+
+def git_commit() -> str:
+    """Commit of the code that ran ('unknown' outside a git checkout); '+dirty' marks local changes."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "-uno"], cwd=root, capture_output=True, text=True)
+        return sha.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file beside ``path``, fsync, then rename: readers never see a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def rng_state() -> dict:
+    """Every RNG a training loop touches, so a resumed run continues the same random stream."""
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(run_dir: Path, step: int, state: dict, keep: int = 2) -> Path:
+    """Atomically write ``checkpoint_{step}.pt`` and keep only the ``keep`` newest."""
+    run_dir = Path(run_dir)
+    path = run_dir / f"checkpoint_{step:09d}.pt"
+    tmp = path.with_name(f".{path.name}.tmp")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    torch.save({"step": step, **state}, tmp)
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    for old in sorted(run_dir.glob("checkpoint_*.pt"))[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_latest_checkpoint(run_dir: Path, map_location: Any = "cpu") -> Optional[dict]:
+    """Newest readable checkpoint in ``run_dir``; a corrupt one is reported and the previous one used."""
+    for path in sorted(Path(run_dir).glob("checkpoint_*.pt"), reverse=True):
+        try:
+            state = torch.load(path, map_location=map_location, weights_only=False)
+            if not isinstance(state, dict) or "step" not in state:
+                raise ValueError("not a checkpoint dict")
+            return state
+        except Exception as exc:  # truncated zip, unpickling error, ...
+            print(f"warning: checkpoint {path} is unreadable ({type(exc).__name__}); trying an older one",
+                  file=sys.stderr)
+    return None
