@@ -11,7 +11,6 @@ Run:  python algorithms/mage.py --config configs/mage/maze2d-umaze.yaml [--field
 Choices the paper leaves open are marked "(choice)" and listed in README.md.
 """
 
-from __future__ import annotations
 
 import math
 import sys

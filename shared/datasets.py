@@ -137,8 +137,21 @@ def _generate_chunk(
     }
 
 
+_worker_counter: Any = None  # shared transition counter of a worker process (feeds the parent's progress bar)
+
+
+def _init_worker(counter: Any) -> None:
+    global _worker_counter
+    _worker_counter = counter
+
+
+def _count(n: int) -> None:
+    with _worker_counter.get_lock():
+        _worker_counter.value += n
+
+
 def _chunk_job(args: Tuple[Any, ...]) -> Dict[str, np.ndarray]:
-    return _generate_chunk(*args)
+    return _generate_chunk(*args, progress=_count)
 
 
 def _chunks(size: int, chunk_size: int) -> List[Tuple[int, int]]:
@@ -162,11 +175,17 @@ def generate_arrays(
         parts = [_generate_chunk(*job, progress=bar.update) for job in jobs]
     else:
         # spawn: children start clean (no inherited threads or MuJoCo state); imap keeps the chunk order.
-        with multiprocessing.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+        ctx = multiprocessing.get_context("spawn")
+        counter = ctx.Value("q", 0)
+        with ctx.Pool(min(workers, len(jobs)), initializer=_init_worker, initargs=(counter,)) as pool:
             parts = []
-            for part in pool.imap(_chunk_job, jobs):
-                parts.append(part)
-                bar.update(len(part["rewards"]))
+            results = pool.imap(_chunk_job, jobs)
+            while len(parts) < len(jobs):
+                try:
+                    parts.append(results.next(timeout=0.5))
+                except multiprocessing.TimeoutError:
+                    pass
+                bar.update(counter.value - bar.n)
     bar.close()
     return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
@@ -181,7 +200,7 @@ def content_hash(arrays: Mapping[str, np.ndarray]) -> str:
     return digest.hexdigest()
 
 
-def _versions() -> Dict[str, str]:
+def library_versions() -> Dict[str, str]:
     import gymnasium
     import gymnasium_robotics
     import mujoco
@@ -209,6 +228,9 @@ def _write_atomic(path: Path, arrays: Mapping[str, np.ndarray], attrs: Mapping[s
             f.attrs["complete"] = True  # last: a file without it was interrupted
         with open(tmp_name, "rb") as f:
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp creates 0600; a cache is for everyone who may read it
         os.replace(tmp_name, path)
     except BaseException:
         if os.path.exists(tmp_name):
@@ -245,27 +267,24 @@ def _expected_attrs(task_name: str, size: Optional[int], seed: int) -> Dict[str,
             "size": int(size or task.dataset_size), "seed": int(seed)}
 
 
-def _mismatch(path: Path, expected: Mapping[str, Any]) -> Optional[str]:
-    """Why the file at `path` is not a complete, valid generation with these attributes (None if it is)."""
+def _check_generated(path: Path, expected: Mapping[str, Any]) -> Tuple[Optional[str], Optional[Dict[str, np.ndarray]]]:
+    """(None, arrays) if `path` is a complete, valid generation with these attributes, else (reason, None)."""
     if not path.exists():
-        return "missing"
+        return "missing", None
     try:
         attrs = read_attrs(path)
-    except DatasetError as e:
-        return str(e)
-    if not attrs.get("complete", False):
-        return "incomplete (no 'complete' attribute)"
-    for key, value in expected.items():
-        if attrs.get(key) != value:
-            return f"attribute {key}={attrs.get(key)!r}, expected {value!r}"
-    try:
+        if not attrs.get("complete", False):
+            return "incomplete (no 'complete' attribute)", None
+        for key, value in expected.items():
+            if attrs.get(key) != value:
+                return f"attribute {key}={attrs.get(key)!r}, expected {value!r}", None
         arrays = read_arrays(path)
         validate(arrays, path, obs_dim=4)
     except DatasetError as e:
-        return str(e)
+        return str(e), None
     if content_hash(arrays) != attrs.get("content_sha256"):
-        return "content hash does not match"
-    return None
+        return "content hash does not match", None
+    return None, arrays
 
 
 def generate(
@@ -286,7 +305,7 @@ def generate(
     expected = _expected_attrs(task_name, size, seed)
     path = Path(out).expanduser() if out is not None else cache_path(task_name, size, seed)
     if path.exists():
-        reason = _mismatch(path, expected)
+        reason, _ = _check_generated(path, expected)
         if reason is None:
             return path
         if out is not None:
@@ -295,7 +314,7 @@ def generate(
         print(f"regenerating cached dataset {path}: {reason}", file=sys.stderr)
     arrays = generate_arrays(task.name, expected["size"], seed, workers, progress)
     attrs = dict(expected, chunk_size=CHUNK_SIZE, action_noise=ACTION_NOISE, source=GENERATED_SOURCE,
-                 content_sha256=content_hash(arrays), **_versions())
+                 content_sha256=content_hash(arrays), **library_versions())
     _write_atomic(path, arrays, attrs)
     return path
 
@@ -413,6 +432,8 @@ def load_dataset(
         attrs = read_attrs(path)
         if "recipe" in attrs and not attrs.get("complete", False):
             raise DatasetError(f"dataset {path}: incomplete (generation was interrupted; no 'complete' attribute)")
+        if "recipe" in attrs and attrs.get("task") != task.data_name:
+            raise DatasetError(f"dataset {path}: generated for task '{attrs.get('task')}', not '{task.data_name}'")
         arrays = read_arrays(path)
         validate(arrays, path, obs_dim)
         source = attrs.get("source", GENERATED_SOURCE) if "recipe" in attrs else f"user file {path}"
@@ -428,9 +449,12 @@ def load_dataset(
         validate(arrays, path, obs_dim)
         return _finish(arrays), _info("original D4RL file", path, {}, len(arrays["rewards"]))
 
-    path = generate(task.data_name, size=size, seed=seed, workers=workers)  # reuses a valid cache file
-    arrays = read_arrays(path)
-    validate(arrays, path, obs_dim)
+    path = cache_path(task.data_name, size, seed)
+    reason, arrays = _check_generated(path, _expected_attrs(task.data_name, size, seed))
+    if reason is not None:  # missing or unusable: (re)generate it
+        path = generate(task.data_name, size=size, seed=seed, workers=workers)
+        arrays = read_arrays(path)
+        validate(arrays, path, obs_dim)
     return _finish(arrays), _info(GENERATED_SOURCE, path, read_attrs(path), len(arrays["rewards"]))
 
 

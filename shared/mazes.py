@@ -129,8 +129,7 @@ class WaypointController:
         if is_free(self.grid, cell):
             return cell
         # The ball can touch a wall cell only by MuJoCo's contact margin: plan from the nearest free cell instead.
-        free = [c for c in empty_cells(self.grid)]
-        return min(free, key=lambda c: float(np.sum((cell_to_xy(self.grid, c) - (x, y)) ** 2)))
+        return min(empty_cells(self.grid), key=lambda c: float(np.sum((cell_to_xy(self.grid, c) - (x, y)) ** 2)))
 
     def plan(self, x: float, y: float) -> None:
         start = self._start_cell(x, y)

@@ -1,0 +1,262 @@
+"""Behaviour cloning and top-return-filtered BC ("10% BC", Chen et al. 2021), CORL style, in one file.
+
+An MLP maps the normalised state (plus, on goal tasks, the normalised goal) to an action, trained by MSE to the
+dataset action (``policy: mse``, CORL's BC) or by the likelihood of a tanh-Gaussian (``policy: gaussian``).
+On maze2d-*/multi2d-* the policy is goal-conditioned: during training the goal is the collection goal
+``infos/goal`` of each trajectory (hindsight), at evaluation the goal the env hands to ``Policy.reset``.
+``filter_top_fraction`` < 1 keeps only the trajectories with the highest returns (sum of dataset rewards, CORL's
+``keep_best_trajectories``); such runs are filed under the algorithm name ``bc<percent>`` (e.g. ``bc10``).
+Run:  python algorithms/bc.py --config configs/bc/maze2d-umaze.yaml [--field value ...]
+"""
+
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from shared.buffer import Normalizer, TransitionBuffer, returns_to_go, split_trajectories  # noqa: E402
+from shared.datasets import load_dataset  # noqa: E402
+from shared.evaluation import evaluate  # noqa: E402
+from shared.logger import Logger, finish_run, prepare_run_dir  # noqa: E402
+from shared.tasks import get_task  # noqa: E402
+from shared.utils import (  # noqa: E402
+    RunError, device_name, load_latest_checkpoint, resolve_device, rng_state, run_main, save_checkpoint,
+    set_rng_state, set_seed,
+)
+
+
+# ============================================================================ config
+@dataclass
+class TrainConfig:
+    # --- run
+    task: str = "maze2d-umaze"  # task name from shared/tasks.py (embedded maze2d-*/multi2d-* or a D4RL name)
+    seed: int = 0  # training seed (model, sampling)
+    eval_seed: int = 1000  # first evaluation episode seed; episode i uses eval_seed + i
+    device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"; asking for cuda without a GPU is an error
+    out_dir: str = "runs"  # run folder root: checkpoints, metrics.jsonl, final.json go to out_dir/<algo>/task/seedK
+    results_path: Optional[str] = None  # also write the final metrics JSON here (e.g. benchmarks/results/...)
+    resume: bool = False  # continue from the newest checkpoint in the run folder
+    wandb_mode: str = "offline"  # "online", "offline" or "disabled" (WANDB_MODE overrides)
+    project: str = "mage-suite"  # W&B project
+    # --- data
+    dataset_path: Optional[str] = None  # a D4RL-format HDF5 file to train on instead of the task's default data
+    dataset_size: Optional[int] = None  # transitions of embedded data to generate/use (None: the task's full size)
+    dataset_seed: int = 0  # seed of the embedded dataset generator
+    filter_top_fraction: float = 1.0  # keep the trajectories with the top returns (0.1 = "10% BC"; 1.0 = all)
+    # --- model
+    policy: str = "mse"  # "mse": deterministic tanh MLP (CORL's BC); "gaussian": tanh-Gaussian, max likelihood
+    hidden_dim: int = 256  # width of the MLP's hidden layers
+    n_layers: int = 2  # hidden layers of the MLP
+    dropout: float = 0.0  # dropout after every hidden layer
+    # --- training
+    batch_size: int = 256  # transitions per step
+    steps: int = 1_000_000  # gradient steps
+    lr: float = 3e-4  # Adam learning rate
+    weight_decay: float = 0.0  # AdamW weight decay
+    grad_clip: float = 0.0  # gradient norm clip (0: none)
+    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    log_every: int = 1000  # steps between logged training metrics
+    checkpoint_every: int = 50_000  # steps between checkpoints (and at the end)
+    # --- evaluation
+    eval_every: int = 0  # steps between evaluations during training (0: only at the end)
+    eval_episodes: int = 100  # episodes of the final evaluation
+    eval_episodes_during: int = 20  # episodes of each evaluation during training
+    num_eval_envs: int = 50  # environments stepped together (one batched forward pass per step)
+
+
+def algo_name(config: TrainConfig) -> str:
+    """"bc" for plain BC, "bc10" for filter_top_fraction 0.1 (the run folder and results use this name)."""
+    if not 0.0 < config.filter_top_fraction <= 1.0:
+        raise RunError(f"filter_top_fraction must be in (0, 1], got {config.filter_top_fraction}")
+    return "bc" if config.filter_top_fraction >= 1.0 else f"bc{round(100 * config.filter_top_fraction):g}"
+
+
+# ============================================================================ data
+@dataclass
+class BCData:
+    buffer: TransitionBuffer  # fields inputs [N, in_dim] (normalised state [+ goal]) and actions [N, act_dim]
+    obs_norm: Normalizer  # state normalisation (saved in checkpoints)
+    obs_dim: int
+    act_dim: int
+    in_dim: int  # policy input width: obs_dim (+ 2 goal coordinates on goal tasks)
+    goal_conditioned: bool
+    info: dict  # dataset source and recipe, for the results file
+
+
+def keep_top_trajectories(rewards: np.ndarray, bounds: np.ndarray, fraction: float) -> np.ndarray:
+    """Bounds of the ceil(fraction * n) trajectories with the highest undiscounted returns (ties: earlier first)."""
+    if fraction >= 1.0:
+        return bounds
+    returns = returns_to_go(rewards, bounds, 1.0)[bounds[:, 0]]
+    keep = max(1, math.ceil(fraction * len(bounds)))
+    order = np.argsort(-returns, kind="stable")[:keep]
+    return bounds[np.sort(order)]
+
+
+def load_data(config: TrainConfig, device: torch.device, obs_norm: Optional[Normalizer] = None) -> BCData:
+    """Dataset -> (optionally) top trajectories -> normalised (state [, hindsight goal], action) pairs."""
+    task = get_task(config.task)
+    data, info = load_dataset(config.task, dataset_path=config.dataset_path, size=config.dataset_size,
+                              seed=config.dataset_seed)
+    obs, actions = data["observations"].astype(np.float32), data["actions"].astype(np.float32)
+    bounds = split_trajectories(data["terminals"], data["timeouts"])
+    kept = keep_top_trajectories(data["rewards"], bounds, config.filter_top_fraction)
+    rows = np.concatenate([np.arange(s, e) for s, e in kept])
+    obs_norm = obs_norm or Normalizer.fit(obs)  # statistics of the full dataset, as CORL
+    inputs = obs_norm.normalize(obs[rows])
+    if task.goal_conditioned:
+        goals = data["infos/goal"][rows].astype(np.float32)  # hindsight goal: where the collector was driving
+        inputs = np.concatenate([inputs, (goals - obs_norm.mean[:2]) / obs_norm.std[:2]], 1)
+    inputs = inputs.astype(np.float32)
+    lengths = kept[:, 1] - kept[:, 0]
+    new_bounds = np.stack([np.cumsum(lengths) - lengths, np.cumsum(lengths)], 1)
+    buffer = TransitionBuffer({"inputs": inputs, "actions": actions[rows]}, new_bounds, device)
+    print(f"[bc] {config.task}: {len(rows):,} of {len(obs):,} transitions ({len(kept):,} of {len(bounds):,} "
+          f"trajectories), data = {info['source']}")
+    return BCData(buffer, obs_norm, obs.shape[1], actions.shape[1], inputs.shape[1], task.goal_conditioned, info)
+
+
+# ============================================================================ model
+class Actor(nn.Module):
+    """MLP policy. ``mse``: a = tanh(f(x)). ``gaussian``: a = tanh(u), u ~ N(f(x), exp(log_std(x))^2)."""
+
+    def __init__(self, in_dim: int, act_dim: int, hidden: int, n_layers: int, dropout: float, kind: str) -> None:
+        super().__init__()
+        if kind not in ("mse", "gaussian"):
+            raise RunError(f"policy must be 'mse' or 'gaussian', got '{kind}'")
+        self.kind, self.act_dim = kind, act_dim
+        layers: list[nn.Module] = []
+        for i in range(n_layers):
+            layers += [nn.Linear(in_dim if i == 0 else hidden, hidden), nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+        self.trunk = nn.Sequential(*layers)
+        self.head = nn.Linear(hidden if n_layers else in_dim, act_dim * (2 if kind == "gaussian" else 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Deterministic action in [-1, 1] (the Gaussian's tanh(mean))."""
+        return torch.tanh(self.head(self.trunk(x))[..., : self.act_dim])
+
+    def loss(self, x: torch.Tensor, actions: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        out = self.head(self.trunk(x)).float()
+        if self.kind == "mse":
+            mse = (torch.tanh(out) - actions).pow(2).mean()
+            return mse, {"bc/mse": mse.item()}
+        mean, log_std = out.chunk(2, -1)
+        log_std = log_std.clamp(-5.0, 2.0)
+        a = actions.clamp(-1 + 1e-4, 1 - 1e-4)
+        u = torch.atanh(a)
+        # log N(u; mean, std) - log|d tanh(u)/du|: the tanh-Gaussian's density at the dataset action
+        logp = torch.distributions.Normal(mean, log_std.exp()).log_prob(u) - torch.log1p(-a.pow(2))
+        nll = -logp.sum(-1).mean()
+        mse = (torch.tanh(mean) - actions).pow(2).mean()
+        return nll, {"bc/nll": nll.item(), "bc/mse": mse.item()}
+
+
+# ============================================================================ training
+def train(config: TrainConfig, data: BCData, actor: Actor, optimizer: torch.optim.Optimizer, step: int,
+          run_dir: Path, logger: Logger, device: torch.device, evaluate_fn=None) -> int:
+    """Gradient steps from ``step`` to ``config.steps``; returns the final step."""
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.bf16 and device.type == "cuda")
+    bar = tqdm(total=config.steps, initial=step, desc=algo_name(config), dynamic_ncols=True,
+               disable=not sys.stderr.isatty())
+    last_print = time.time()
+    while step < config.steps:
+        actor.train()
+        batch = data.buffer.sample(config.batch_size)
+        with autocast:
+            loss, stats = actor.loss(batch["inputs"], batch["actions"])
+        if not torch.isfinite(loss):
+            last = sorted(run_dir.glob("checkpoint_*.pt"))
+            raise RunError(f"loss became {loss.item()} at step {step}; stopped, the last good checkpoint "
+                           f"is {last[-1] if last else 'none (no checkpoint written yet)'}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(actor.parameters(), config.grad_clip or float("inf"))
+        optimizer.step()
+        step += 1
+        bar.update(1)
+        if step % config.log_every == 0:
+            logger.log({**stats, "train/loss": loss.item(), "train/grad_norm": grad_norm.item()}, step)
+            bar.set_postfix(loss=f"{loss.item():.4g}")
+            if bar.disable and time.time() - last_print > 30:  # no TTY (batch jobs): a plain line every 30 s
+                print(f"[{algo_name(config)}] step {step}/{config.steps} loss {loss.item():.4f}", flush=True)
+                last_print = time.time()
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            save_checkpoint(run_dir, step, {"actor": actor.state_dict(), "optimizer": optimizer.state_dict(),
+                                            "rng": rng_state(), "config": vars(config).copy(),
+                                            "obs_norm": data.obs_norm.state_dict()})
+        if evaluate_fn is not None and config.eval_every and step % config.eval_every == 0 and step < config.steps:
+            res = evaluate_fn(config.eval_episodes_during)
+            logger.log({"eval/normalized_score": res.score_mean, "eval/return": res.return_mean}, step)
+    bar.close()
+    return step
+
+
+# ============================================================================ evaluation
+class BCPolicy:
+    """Acts with the MLP on the normalised observation (and goal): shared.evaluation's Policy protocol."""
+
+    def __init__(self, actor: Actor, data: BCData, config: TrainConfig, device: torch.device) -> None:
+        self.actor, self.data, self.config, self.device = actor, data, config, device
+
+    def reset(self, goals: np.ndarray) -> None:
+        norm = self.data.obs_norm
+        self.goal_n = ((goals - norm.mean[:2]) / norm.std[:2]).astype(np.float32)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, last_rewards: np.ndarray) -> np.ndarray:
+        x = self.data.obs_norm.normalize(obs.astype(np.float32))
+        if self.data.goal_conditioned:
+            x = np.concatenate([x, self.goal_n], 1)
+        self.actor.eval()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.config.bf16 and self.device.type == "cuda"):
+            a = self.actor(torch.as_tensor(x, dtype=torch.float32, device=self.device))
+        return np.clip(a.float().cpu().numpy(), -1.0, 1.0)
+
+
+# ============================================================================ main
+def main(config: TrainConfig) -> dict:
+    task = get_task(config.task)  # unknown task: one clear line
+    algo = algo_name(config)
+    device = resolve_device(config.device)
+    set_seed(config.seed)
+    run_dir = prepare_run_dir(config, algo)
+    state = load_latest_checkpoint(run_dir, map_location=device) if config.resume else None
+    obs_norm = Normalizer.from_state_dict(state["obs_norm"]) if state else None
+    data = load_data(config, device, obs_norm)
+    actor = Actor(data.in_dim, data.act_dim, config.hidden_dim, config.n_layers, config.dropout,
+                  config.policy).to(device)
+    optimizer = torch.optim.AdamW(actor.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    step = 0
+    if state is not None:
+        actor.load_state_dict(state["actor"])
+        optimizer.load_state_dict(state["optimizer"])
+        set_rng_state(state["rng"])
+        step = state["step"]
+        print(f"[{algo}] resumed from step {step} ({run_dir})")
+    print(f"[{algo}] {sum(p.numel() for p in actor.parameters()) / 1e6:.2f}M parameters on {device_name(device)}")
+    logger = Logger(config, algo, run_dir, config.wandb_mode, config.project)
+
+    def run_eval(episodes: int):
+        return evaluate(task.name, BCPolicy(actor, data, config, device), episodes, config.eval_seed,
+                        num_envs=config.num_eval_envs)
+
+    t0 = time.time()
+    steps = train(config, data, actor, optimizer, step, run_dir, logger, device, run_eval)
+    train_wall = time.time() - t0
+    result = run_eval(config.eval_episodes)
+    return finish_run(algo, config, run_dir, logger, data.info, result, steps, train_wall, device_name(device))
+
+
+if __name__ == "__main__":
+    run_main(main, TrainConfig)

@@ -1,0 +1,358 @@
+"""IQL: Implicit Q-Learning (Kostrikov, Nair, Levine, ICLR 2022, arXiv 2110.06169), CORL style, in one file.
+
+V is fit by expectile regression to min(Q1, Q2) of the target critics (never querying unseen actions), the twin Q
+by TD to r + discount * V(s'), and the actor by advantage-weighted regression, weight exp(beta * (Q - V)) <= 100.
+Goal tasks (maze2d-*, multi2d-*) train goal-conditioned with hindsight relabelling: each sampled transition gets
+the trajectory's collection goal (infos/goal), a future state of the same trajectory (geometric offset) or a random
+dataset state as its goal; reward 1 and episode end when s' lies within goal_radius of the goal, so values are
+discount^(steps to the goal) as in MAGE's returns-to-go. Reward tasks (D4RL) use the dataset rewards, scaled
+as in the paper (locomotion: 1000 / (max return - min return); antmaze: r - 1).
+Run:  python algorithms/iql.py --config configs/iql/maze2d-umaze.yaml [--field value ...]
+"""
+
+import copy
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm import tqdm
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from shared.buffer import Normalizer, TransitionBuffer, returns_to_go, split_trajectories  # noqa: E402
+from shared.datasets import load_dataset  # noqa: E402
+from shared.evaluation import evaluate  # noqa: E402
+from shared.logger import Logger, finish_run, prepare_run_dir  # noqa: E402
+from shared.tasks import get_task  # noqa: E402
+from shared.utils import (  # noqa: E402
+    RunError, device_name, load_latest_checkpoint, resolve_device, rng_state, run_main, save_checkpoint,
+    set_rng_state, set_seed,
+)
+
+
+# ============================================================================ config
+@dataclass
+class TrainConfig:
+    # --- run
+    task: str = "maze2d-umaze"  # task name from shared/tasks.py (embedded maze2d-*/multi2d-* or a D4RL name)
+    seed: int = 0  # training seed (models, sampling, relabelling)
+    eval_seed: int = 1000  # first evaluation episode seed; episode i uses eval_seed + i
+    device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"; asking for cuda without a GPU is an error
+    out_dir: str = "runs"  # run folder root: checkpoints, metrics.jsonl and final.json go to out_dir/iql/task/seedK
+    results_path: Optional[str] = None  # also write the final metrics JSON here (e.g. benchmarks/results/...)
+    resume: bool = False  # continue from the newest checkpoint in the run folder
+    wandb_mode: str = "offline"  # "online", "offline" or "disabled" (WANDB_MODE overrides)
+    project: str = "mage-suite"  # W&B project
+    # --- data
+    dataset_path: Optional[str] = None  # a D4RL-format HDF5 file to train on instead of the task's default data
+    dataset_size: Optional[int] = None  # transitions of embedded data to generate/use (None: the task's full size)
+    dataset_seed: int = 0  # seed of the embedded dataset generator
+    normalize_reward: bool = False  # reward tasks: scale rewards by 1000 / (max - min trajectory return) (locomotion)
+    reward_bias: float = 0.0  # reward tasks: added to every reward after scaling (antmaze: -1)
+    goal_radius: float = 0.45  # goal tasks: relabelled reward is 1 within this distance of the goal
+    p_data_goal: float = 0.5  # goal tasks: share of samples whose goal is the trajectory's collection goal
+    p_future_goal: float = 0.3  # goal tasks: share whose goal is a later state of the same trajectory
+    p_random_goal: float = 0.2  # goal tasks: share whose goal is a random dataset state (rest of the 1.0)
+    # --- model
+    hidden_dim: int = 256  # width of the hidden layers of actor, critics and value
+    n_layers: int = 2  # hidden layers of every MLP
+    actor_dropout: float = 0.0  # dropout in the actor's hidden layers
+    deterministic_actor: bool = False  # MSE-weighted deterministic actor instead of the Gaussian one
+    # --- training
+    batch_size: int = 256  # transitions per step
+    steps: int = 1_000_000  # gradient steps
+    actor_lr: float = 3e-4  # Adam learning rate of the actor (cosine-decayed to 0 over the run, as the paper)
+    qf_lr: float = 3e-4  # Adam learning rate of the twin Q
+    vf_lr: float = 3e-4  # Adam learning rate of V
+    discount: float = 0.99  # discount factor
+    tau: float = 0.005  # Polyak rate of the target Q networks
+    expectile: float = 0.7  # expectile of V's regression onto Q (0.7 locomotion, 0.9 antmaze)
+    beta: float = 3.0  # inverse temperature of the advantage weights (3 locomotion, 10 antmaze)
+    exp_adv_max: float = 100.0  # advantage weights are clipped to this
+    bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    log_every: int = 1000  # steps between logged training metrics
+    checkpoint_every: int = 50_000  # steps between checkpoints (and at the end)
+    # --- evaluation
+    eval_every: int = 0  # steps between evaluations during training (0: only at the end)
+    eval_episodes: int = 100  # episodes of the final evaluation
+    eval_episodes_during: int = 20  # episodes of each evaluation during training
+    num_eval_envs: int = 50  # environments stepped together (one batched forward pass per step)
+
+
+# ============================================================================ data
+@dataclass
+class IQLData:
+    buffer: TransitionBuffer  # fields observations (normalised), actions, index; goal tasks: pos, goal, traj_last
+    obs_norm: Normalizer  # state normalisation (saved in checkpoints)
+    obs_dim: int
+    act_dim: int
+    goal_conditioned: bool
+    info: dict  # dataset source and recipe, for the results file
+
+
+def load_data(config: TrainConfig, device: torch.device, obs_norm: Optional[Normalizer] = None) -> IQLData:
+    task = get_task(config.task)
+    data, info = load_dataset(config.task, dataset_path=config.dataset_path, size=config.dataset_size,
+                              seed=config.dataset_seed)
+    obs, actions = data["observations"].astype(np.float32), data["actions"].astype(np.float32)
+    bounds = split_trajectories(data["terminals"], data["timeouts"])
+    obs_norm = obs_norm or Normalizer.fit(obs)
+    n = len(obs)
+    fields = {"observations": obs_norm.normalize(obs).astype(np.float32), "actions": actions,
+              "index": np.arange(n, dtype=np.int64)}
+    if task.goal_conditioned:
+        traj_last = np.zeros(n, np.int64)
+        for start, end in bounds:
+            traj_last[start:end] = end - 1
+        fields.update(pos=obs[:, :2], goal=data["infos/goal"].astype(np.float32), traj_last=traj_last)
+        if min(config.p_data_goal, config.p_future_goal, config.p_random_goal) < 0 or \
+                config.p_data_goal + config.p_future_goal + config.p_random_goal > 1 + 1e-6:
+            raise RunError("p_data_goal, p_future_goal, p_random_goal must be >= 0 and sum to at most 1")
+    else:
+        rewards = data["rewards"].astype(np.float32)
+        if config.normalize_reward:  # IQL / CORL locomotion: returns span 1000
+            rets = returns_to_go(rewards, bounds, 1.0)[bounds[:, 0]]
+            rewards = rewards * (1000.0 / max(float(rets.max() - rets.min()), 1e-6))
+        fields.update(rewards=rewards + config.reward_bias, terminals=data["terminals"].astype(np.float32))
+    buffer = TransitionBuffer(fields, bounds, device)
+    print(f"[iql] {config.task}: {n:,} transitions, {len(bounds):,} trajectories, data = {info['source']}")
+    return IQLData(buffer, obs_norm, obs.shape[1], actions.shape[1], task.goal_conditioned, info)
+
+
+def sample_batch(data: IQLData, config: TrainConfig) -> dict:
+    """(x, a, r, x', done, valid) with x = normalised state [+ normalised goal]; goal tasks relabel here.
+
+    ``valid`` is 0 on the last step of a trajectory that ended without a terminal / goal: its s' is not stored
+    (TransitionBuffer points it at itself), so it gets no TD target.
+    """
+    b = data.buffer.sample(config.batch_size)
+    s, s2 = b["observations"], b["next_observations"]
+    if not data.goal_conditioned:
+        done = b["terminals"]
+        valid = 1.0 - (b["is_last"].float() * (1.0 - done))
+        return {"x": s, "x2": s2, "a": b["actions"], "r": b["rewards"], "done": done, "valid": valid}
+    f, B, dev = data.buffer.fields, config.batch_size, s.device
+    idx = b["index"]
+    # future state of the same trajectory: offset ~ Geometric(1 - discount) >= 1, capped at the trajectory's end
+    u = torch.rand(B, device=dev).clamp_min(1e-12)
+    offset = torch.floor(torch.log(u) / np.log(config.discount)).long() + 1
+    future = torch.minimum(idx + offset, b["traj_last"])
+    rand = torch.randint(len(data.buffer), (B,), device=dev)
+    pick = torch.rand(B, device=dev)
+    p_data, p_future = config.p_data_goal, config.p_future_goal
+    goal = torch.where((pick < p_data)[:, None], b["goal"],
+                       torch.where((pick < p_data + p_future)[:, None], f["pos"][future], f["pos"][rand]))
+    mean = torch.as_tensor(data.obs_norm.mean[:2], device=dev)
+    std = torch.as_tensor(data.obs_norm.std[:2], device=dev)
+    next_pos = s2[:, :2] * std + mean
+    reached = (torch.linalg.norm(next_pos - goal, dim=-1) <= config.goal_radius).float()
+    g = (goal - mean) / std
+    valid = 1.0 - (b["is_last"].float() * (1.0 - reached))
+    return {"x": torch.cat([s, g], 1), "x2": torch.cat([s2, g], 1), "a": b["actions"], "r": reached,
+            "done": reached, "valid": valid}
+
+
+# ============================================================================ model
+def mlp(in_dim: int, out_dim: int, hidden: int, n_layers: int, dropout: float = 0.0) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for i in range(n_layers):
+        layers += [nn.Linear(in_dim if i == 0 else hidden, hidden), nn.ReLU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+    layers.append(nn.Linear(hidden if n_layers else in_dim, out_dim))
+    return nn.Sequential(*layers)
+
+
+class TwinQ(nn.Module):
+    def __init__(self, in_dim: int, act_dim: int, hidden: int, n_layers: int) -> None:
+        super().__init__()
+        self.q1 = mlp(in_dim + act_dim, 1, hidden, n_layers)
+        self.q2 = mlp(in_dim + act_dim, 1, hidden, n_layers)
+
+    def both(self, x: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        xa = torch.cat([x, a], -1)
+        return self.q1(xa).squeeze(-1), self.q2(xa).squeeze(-1)
+
+    def forward(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return torch.minimum(*self.both(x, a))
+
+
+class Actor(nn.Module):
+    """Gaussian with tanh mean and state-independent log std (the paper's policy), or deterministic tanh MLP."""
+
+    def __init__(self, in_dim: int, act_dim: int, hidden: int, n_layers: int, dropout: float,
+                 deterministic: bool) -> None:
+        super().__init__()
+        self.net = mlp(in_dim, act_dim, hidden, n_layers, dropout)
+        self.deterministic = deterministic
+        self.log_std = nn.Parameter(torch.zeros(act_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.net(x))
+
+    def neg_log_prob(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        mean = self.forward(x).float()
+        if self.deterministic:
+            return (mean - a).pow(2).sum(-1)
+        dist = torch.distributions.Normal(mean, self.log_std.clamp(-5.0, 2.0).exp())
+        return -dist.log_prob(a).sum(-1)
+
+
+class IQL(nn.Module):
+    def __init__(self, config: TrainConfig, in_dim: int, act_dim: int) -> None:
+        super().__init__()
+        self.qf = TwinQ(in_dim, act_dim, config.hidden_dim, config.n_layers)
+        self.q_target = copy.deepcopy(self.qf).requires_grad_(False)
+        self.vf = mlp(in_dim, 1, config.hidden_dim, config.n_layers)
+        self.actor = Actor(in_dim, act_dim, config.hidden_dim, config.n_layers, config.actor_dropout,
+                           config.deterministic_actor)
+
+
+def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
+    weight = torch.where(diff > 0, expectile, 1.0 - expectile)
+    return (weight * diff.pow(2)).mean()
+
+
+def iql_losses(model: IQL, batch: dict, config: TrainConfig) -> tuple[dict, dict]:
+    """The three IQL losses on one batch (V uses the target Q; Q uses V(s'); the actor uses Q_target - V)."""
+    x, x2, a = batch["x"], batch["x2"], batch["a"]
+    with torch.no_grad():
+        q_t = model.q_target(x, a).float()
+        next_v = model.vf(x2).squeeze(-1).float()
+    v = model.vf(x).squeeze(-1).float()
+    adv = q_t - v
+    v_loss = expectile_loss(adv, config.expectile)
+    target = batch["r"] + config.discount * (1.0 - batch["done"]) * next_v
+    q1, q2 = model.qf.both(x, a)
+    valid = batch["valid"]
+    td = ((q1.float() - target).pow(2) + (q2.float() - target).pow(2)) * valid
+    q_loss = td.sum() / (2 * valid.sum().clamp_min(1.0))
+    weights = torch.exp(config.beta * adv.detach()).clamp(max=config.exp_adv_max)
+    actor_loss = (weights * model.actor.neg_log_prob(x, a)).mean()
+    stats = {"iql/v_loss": v_loss.item(), "iql/q_loss": q_loss.item(), "iql/actor_loss": actor_loss.item(),
+             "iql/v_mean": v.mean().item(), "iql/adv_mean": adv.mean().item(),
+             "iql/weight_mean": weights.mean().item(), "iql/reward_mean": batch["r"].mean().item()}
+    return {"v": v_loss, "q": q_loss, "actor": actor_loss}, stats
+
+
+# ============================================================================ training
+def make_optimizers(model: IQL, config: TrainConfig) -> dict:
+    actor_opt = torch.optim.Adam(model.actor.parameters(), lr=config.actor_lr)
+    return {"v": torch.optim.Adam(model.vf.parameters(), lr=config.vf_lr),
+            "q": torch.optim.Adam(model.qf.parameters(), lr=config.qf_lr),
+            "actor": actor_opt,
+            "actor_sched": torch.optim.lr_scheduler.CosineAnnealingLR(actor_opt, max(1, config.steps))}
+
+
+def train(config: TrainConfig, data: IQLData, model: IQL, opts: dict, step: int, run_dir: Path, logger: Logger,
+          device: torch.device, evaluate_fn=None) -> int:
+    """Gradient steps from ``step`` to ``config.steps``; returns the final step."""
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.bf16 and device.type == "cuda")
+    bar = tqdm(total=config.steps, initial=step, desc="iql", dynamic_ncols=True, disable=not sys.stderr.isatty())
+    last_print = time.time()
+    while step < config.steps:
+        model.train()
+        batch = sample_batch(data, config)
+        with autocast:
+            losses, stats = iql_losses(model, batch, config)
+        bad = [k for k, v in losses.items() if not torch.isfinite(v)]
+        if bad:
+            last = sorted(run_dir.glob("checkpoint_*.pt"))
+            raise RunError(f"{bad[0]} loss became {losses[bad[0]].item()} at step {step}; stopped, the last good "
+                           f"checkpoint is {last[-1] if last else 'none (no checkpoint written yet)'}")
+        for name in ("v", "q", "actor"):  # disjoint parameters: one backward each, as in the paper
+            opts[name].zero_grad(set_to_none=True)
+        (losses["v"] + losses["q"] + losses["actor"]).backward()
+        for name in ("v", "q", "actor"):
+            opts[name].step()
+        opts["actor_sched"].step()
+        with torch.no_grad():
+            for p, tp in zip(model.qf.parameters(), model.q_target.parameters()):
+                tp.lerp_(p, config.tau)
+        step += 1
+        bar.update(1)
+        if step % config.log_every == 0:
+            logger.log({**stats, "train/loss": losses["actor"].item(),
+                        "train/actor_lr": opts["actor"].param_groups[0]["lr"]}, step)
+            bar.set_postfix(q=f"{stats['iql/q_loss']:.3g}", v=f"{stats['iql/v_loss']:.3g}",
+                            actor=f"{stats['iql/actor_loss']:.3g}")
+            if bar.disable and time.time() - last_print > 30:  # no TTY (batch jobs): a plain line every 30 s
+                print(f"[iql] step {step}/{config.steps} q {stats['iql/q_loss']:.4f} v {stats['iql/v_loss']:.4f} "
+                      f"actor {stats['iql/actor_loss']:.4f}", flush=True)
+                last_print = time.time()
+        if step % config.checkpoint_every == 0 or step == config.steps:
+            save_checkpoint(run_dir, step, {"model": model.state_dict(),
+                                            "optimizers": {k: o.state_dict() for k, o in opts.items()},
+                                            "rng": rng_state(), "config": vars(config).copy(),
+                                            "obs_norm": data.obs_norm.state_dict()})
+        if evaluate_fn is not None and config.eval_every and step % config.eval_every == 0 and step < config.steps:
+            res = evaluate_fn(config.eval_episodes_during)
+            logger.log({"eval/normalized_score": res.score_mean, "eval/return": res.return_mean}, step)
+    bar.close()
+    return step
+
+
+# ============================================================================ evaluation
+class IQLPolicy:
+    """Acts with the actor's mean on the normalised observation (and goal): shared.evaluation's Policy protocol."""
+
+    def __init__(self, model: IQL, data: IQLData, config: TrainConfig, device: torch.device) -> None:
+        self.model, self.data, self.config, self.device = model, data, config, device
+
+    def reset(self, goals: np.ndarray) -> None:
+        norm = self.data.obs_norm
+        self.goal_n = ((goals - norm.mean[:2]) / norm.std[:2]).astype(np.float32)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, last_rewards: np.ndarray) -> np.ndarray:
+        x = self.data.obs_norm.normalize(obs.astype(np.float32))
+        if self.data.goal_conditioned:
+            x = np.concatenate([x, self.goal_n], 1)
+        self.model.eval()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.config.bf16 and self.device.type == "cuda"):
+            a = self.model.actor(torch.as_tensor(x, dtype=torch.float32, device=self.device))
+        return np.clip(a.float().cpu().numpy(), -1.0, 1.0)
+
+
+# ============================================================================ main
+def main(config: TrainConfig) -> dict:
+    task = get_task(config.task)  # unknown task: one clear line
+    device = resolve_device(config.device)
+    set_seed(config.seed)
+    run_dir = prepare_run_dir(config, "iql")
+    state = load_latest_checkpoint(run_dir, map_location=device) if config.resume else None
+    obs_norm = Normalizer.from_state_dict(state["obs_norm"]) if state else None
+    data = load_data(config, device, obs_norm)
+    in_dim = data.obs_dim + (2 if data.goal_conditioned else 0)
+    model = IQL(config, in_dim, data.act_dim).to(device)
+    opts = make_optimizers(model, config)
+    step = 0
+    if state is not None:
+        model.load_state_dict(state["model"])
+        for k, o in opts.items():
+            o.load_state_dict(state["optimizers"][k])
+        set_rng_state(state["rng"])
+        step = state["step"]
+        print(f"[iql] resumed from step {step} ({run_dir})")
+    print(f"[iql] {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {device_name(device)}")
+    logger = Logger(config, "iql", run_dir, config.wandb_mode, config.project)
+
+    def run_eval(episodes: int):
+        return evaluate(task.name, IQLPolicy(model, data, config, device), episodes, config.eval_seed,
+                        num_envs=config.num_eval_envs)
+
+    t0 = time.time()
+    steps = train(config, data, model, opts, step, run_dir, logger, device, run_eval)
+    train_wall = time.time() - t0
+    result = run_eval(config.eval_episodes)
+    return finish_run("iql", config, run_dir, logger, data.info, result, steps, train_wall, device_name(device))
+
+
+if __name__ == "__main__":
+    run_main(main, TrainConfig)

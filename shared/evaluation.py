@@ -1,0 +1,200 @@
+"""Batched policy evaluation on a task's evaluation env.
+
+Policy protocol (every algorithm of the suite implements it; no base class needed)::
+
+    class Policy(Protocol):
+        def reset(self, goals: np.ndarray) -> None: ...
+            # a new batch of N episodes begins; goals float32[N, 2] (zeros for tasks without goals)
+        def act(self, obs: np.ndarray, last_rewards: np.ndarray) -> np.ndarray: ...
+            # obs float32[N, obs_dim], reward of each env's previous step (0 at t=0) -> actions float32[N, act_dim]
+
+Episodes run in waves of up to `num_envs` envs stepped together: one `reset` per wave, then one `act` call per
+step for the whole wave. Episode i is reset with seed `seed + i`, so results do not depend on `num_envs` as long
+as the policy's own randomness is per episode (see RandomPolicy). Envs whose episode has ended keep their last
+observation in the batch and their actions are ignored.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Dict, List, Protocol, Tuple
+
+import numpy as np
+from tqdm import tqdm
+
+from shared.tasks import Task, get_task, normalized_score
+
+
+class Policy(Protocol):
+    def reset(self, goals: np.ndarray) -> None: ...
+
+    def act(self, obs: np.ndarray, last_rewards: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass
+class EvalResult:
+    task: str
+    episodes: int
+    seed: int
+    returns: List[float]
+    normalized: List[float]  # NaN when the task has no reference scores yet
+    return_mean: float
+    return_std: float
+    score_mean: float
+    score_std: float
+    success_rate: float  # fraction of episodes that ever got a reward > 0
+    action_latency_ms: float  # median wall-clock time of one `act` call
+    latency_batch_size: int  # the batch size (number of envs) of those calls
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+class RandomPolicy:
+    """Uniform actions in [-1, 1]; each episode draws from its own generator seeded by (seed, episode index)."""
+
+    def __init__(self, action_dim: int, seed: int = 0):
+        self.action_dim = action_dim
+        self.seed = seed
+        self.episodes_started = 0
+        self.rngs: List[np.random.Generator] = []
+
+    def reset(self, goals: np.ndarray) -> None:
+        first = self.episodes_started
+        self.rngs = [np.random.default_rng([self.seed, first + i]) for i in range(len(goals))]
+        self.episodes_started += len(goals)
+
+    def act(self, obs: np.ndarray, last_rewards: np.ndarray) -> np.ndarray:
+        return np.stack([rng.uniform(-1.0, 1.0, self.action_dim) for rng in self.rngs]).astype(np.float32)
+
+
+class D4RLEnv:
+    """Original D4RL env through the old `gym` + `d4rl` packages, with MazeEnv's interface."""
+
+    def __init__(self, task: Task):
+        try:
+            import d4rl  # noqa: F401  (registers the D4RL envs)
+            import gym
+        except Exception as e:
+            raise RuntimeError(
+                f"evaluating the original D4RL task '{task.name}' requires the `gym` and `d4rl` packages ({e})"
+            ) from None
+        self.env = gym.make(task.env_id)
+        self.max_episode_steps = task.max_episode_steps
+        self.observation_dim = int(np.prod(self.env.observation_space.shape))
+        self.action_dim = int(np.prod(self.env.action_space.shape))
+        self.steps = 0
+
+    def reset(self, seed: int) -> Tuple[np.ndarray, Dict[str, Any]]:
+        try:
+            out = self.env.reset(seed=seed)
+        except TypeError:  # gym < 0.26
+            self.env.seed(seed)
+            out = self.env.reset()
+        obs = out[0] if isinstance(out, tuple) else out
+        target = getattr(self.env.unwrapped, "_target", None)  # maze2d's fixed goal, in observation coordinates
+        goal = np.asarray(target[:2] if target is not None else np.zeros(2), dtype=np.float32)
+        self.steps = 0
+        return np.asarray(obs, dtype=np.float32), {"goal": goal}
+
+    def step(self, action: np.ndarray) -> Tuple[np.ndarray, float, bool, bool, Dict[str, Any]]:
+        out = self.env.step(action)
+        if len(out) == 5:
+            obs, reward, terminated, truncated, info = out
+        else:
+            obs, reward, done, info = out
+            truncated = bool(info.get("TimeLimit.truncated", False))
+            terminated = bool(done) and not truncated
+        self.steps += 1
+        truncated = bool(truncated) or self.steps >= self.max_episode_steps
+        return np.asarray(obs, dtype=np.float32), float(reward), bool(terminated), truncated, info
+
+    def close(self) -> None:
+        self.env.close()
+
+
+def make_eval_env(task_name: str):
+    """MazeEnv for embedded tasks, D4RLEnv (needs gym + d4rl) for original D4RL tasks."""
+    task = get_task(task_name)
+    if task.source == "d4rl":
+        return D4RLEnv(task)
+    from shared.mazes import MazeEnv
+
+    return MazeEnv(task)
+
+
+def _normalize(task_name: str, value: float) -> float:
+    try:
+        return float(normalized_score(task_name, value))
+    except (FileNotFoundError, KeyError):  # reference scores not measured yet (e.g. while measuring them)
+        return math.nan
+
+
+def evaluate(
+    task_name: str,
+    policy: Policy,
+    episodes: int,
+    seed: int,
+    num_envs: int = 10,
+    progress: bool = True,
+) -> EvalResult:
+    """Run `episodes` episodes (episode i seeded `seed + i`) in waves of up to `num_envs` envs."""
+    task = get_task(task_name)
+    if episodes < 1:
+        raise ValueError(f"episodes must be >= 1, got {episodes}")
+    num_envs = max(1, min(num_envs, episodes))
+    envs = [make_eval_env(task_name) for _ in range(num_envs)]
+    returns: List[float] = []
+    successes: List[bool] = []
+    latencies: List[float] = []
+    latency_batch = num_envs
+    bar = tqdm(total=episodes * task.max_episode_steps, unit="step", desc=f"eval {task_name}", disable=not progress)
+    try:
+        for first in range(0, episodes, num_envs):
+            wave = envs[: min(num_envs, episodes - first)]
+            n = len(wave)
+            resets = [env.reset(seed=seed + first + i) for i, env in enumerate(wave)]
+            obs = np.stack([o for o, _ in resets]).astype(np.float32)
+            goals = np.stack([info["goal"] for _, info in resets]).astype(np.float32)
+            last_rewards = np.zeros(n, dtype=np.float32)
+            wave_returns = np.zeros(n, dtype=np.float64)
+            wave_success = np.zeros(n, dtype=bool)
+            alive = np.ones(n, dtype=bool)
+            policy.reset(goals)
+            while alive.any():
+                start = time.perf_counter()
+                actions = np.asarray(policy.act(obs, last_rewards))
+                if n == latency_batch:
+                    latencies.append(time.perf_counter() - start)
+                stepping = np.flatnonzero(alive)
+                for i in stepping:
+                    o, r, terminated, truncated, _ = wave[i].step(actions[i])
+                    obs[i], last_rewards[i] = o, r
+                    wave_returns[i] += r
+                    wave_success[i] |= r > 0
+                    alive[i] = not (terminated or truncated)
+                bar.update(len(stepping))
+            returns.extend(wave_returns.tolist())
+            successes.extend(wave_success.tolist())
+    finally:
+        bar.close()
+        for env in envs:
+            env.close()
+
+    normalized = [_normalize(task_name, r) for r in returns]
+    return EvalResult(
+        task=task_name,
+        episodes=episodes,
+        seed=seed,
+        returns=returns,
+        normalized=normalized,
+        return_mean=float(np.mean(returns)),
+        return_std=float(np.std(returns)),
+        score_mean=float(np.mean(normalized)),
+        score_std=float(np.std(normalized)),
+        success_rate=float(np.mean(successes)),
+        action_latency_ms=1000.0 * float(np.median(latencies)) if latencies else math.nan,
+        latency_batch_size=latency_batch,
+    )

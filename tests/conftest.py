@@ -1,0 +1,37 @@
+"""Shared fixtures: W&B off, a session-wide dataset cache with small generated datasets."""
+
+import importlib.util
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ["WANDB_MODE"] = "disabled"
+# small models: one thread avoids thread-sync stalls on a busy 2-core machine (10-30x faster here)
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_dir(tmp_path_factory):
+    """All tests share one dataset cache (MAGE_DATA_DIR), so each small dataset is generated once."""
+    path = os.environ.get("MAGE_TEST_DATA_DIR") or str(tmp_path_factory.mktemp("datasets"))
+    old = os.environ.get("MAGE_DATA_DIR")
+    os.environ["MAGE_DATA_DIR"] = path
+    yield Path(path)
+    if old is None:
+        os.environ.pop("MAGE_DATA_DIR", None)
+    else:
+        os.environ["MAGE_DATA_DIR"] = old
+
+
+def load_algorithm(name: str):
+    """Import algorithms/<name>.py as a module (the files are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"algo_{name}", ROOT / "algorithms" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module

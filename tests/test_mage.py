@@ -1,0 +1,144 @@
+"""MAGE: residual quantisation, the block-causal transformer, learning, resume and a tiny end-to-end run."""
+
+import dataclasses
+import math
+
+import torch
+from conftest import ROOT, load_algorithm
+
+mage = load_algorithm("mage")
+
+SMALL = dict(horizon=16, patch=2, scales=[1, 2, 4, 8], codebook_size=64, code_dim=8, ae_channels=32, ae_blocks=1,
+             d_model=64, n_layers=2, n_heads=4, dropout=0.0, batch_size=32, warmup_steps=10)
+
+
+def smooth_batch(batch: int = 32, horizon: int = 16, dim: int = 5, seed: int = 0) -> dict:
+    """Segments of smooth random curves (sums of low-frequency sines), like state trajectories."""
+    g = torch.Generator().manual_seed(seed)
+    t = torch.linspace(0, 1, horizon)[None, :, None]
+    freq = torch.rand(batch, 1, dim, generator=g) * 3
+    phase = torch.rand(batch, 1, dim, generator=g) * 6.28
+    amp = torch.randn(batch, 1, dim, generator=g)
+    x = amp * torch.sin(2 * math.pi * freq * t + phase)
+    cond = torch.cat([x, torch.zeros(batch, horizon, 2)], -1)
+    actions = torch.tanh(x[..., :2] - x.roll(-1, 1)[..., :2])
+    return {"x": x, "cond": cond, "actions": actions, "mask": torch.ones(batch, horizon)}
+
+
+def small_model(**overrides):
+    torch.manual_seed(0)
+    config = mage.TrainConfig(**{**SMALL, **overrides})
+    return config, mage.MAGE(config, x_dim=5, cond_dim=7, act_dim=2)
+
+
+def fit(model, config, stage, batch, steps):
+    opt = mage.make_optimizer(model, stage, config)
+    losses = []
+    for _ in range(steps):
+        model.train()
+        if stage == "autoencoder":
+            loss, _ = mage.autoencoder_loss(model, batch, config)
+        else:
+            model.encoder.eval(), model.vq.eval()
+            loss, _ = mage.transformer_loss(model, batch)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_scale_contributions_sum_to_the_quantised_latent_and_refine_it():
+    config, model = small_model()
+    batch = smooth_batch()
+    fit(model, config, "autoencoder", batch, 150)
+    model.eval()
+    f = model.encoder(batch["x"])
+    f_hat, idx, _, zs = model.vq(f)
+    assert [i.shape[1] for i in idx] == config.scales
+    assert torch.allclose(sum(zs), f_hat, atol=1e-5)
+    # latent error with the first k scales only: falls as scales are added
+    errors, partial = [], torch.zeros_like(f)
+    for z in zs:
+        partial = partial + z
+        errors.append((partial - f).pow(2).mean().item())
+    assert all(b <= a + 1e-6 for a, b in zip(errors, errors[1:])), errors
+    assert errors[-1] < 0.8 * errors[0], errors
+
+
+def test_finer_scale_tokens_never_change_coarser_logits():
+    config, model = small_model()
+    model.eval()
+    cond = torch.randn(4, 7)
+    inputs = torch.randn(4, sum(config.scales) - 1, config.code_dim)
+    bounds = model.transformer.bounds  # [0, 1, 3, 7, 15]
+    base = model.transformer(cond, inputs)
+    for k in range(1, len(config.scales)):
+        changed = inputs.clone()
+        changed[:, bounds[k] - 1:] += torch.randn_like(changed[:, bounds[k] - 1:])  # scales >= k+1 (inputs skip slot 0)
+        out = model.transformer(cond, changed)
+        assert torch.equal(out[:, :bounds[k]], base[:, :bounds[k]])
+        assert not torch.allclose(out[:, bounds[k]:], base[:, bounds[k]:])
+
+
+def test_kv_cache_generation_equals_teacher_forcing_on_its_own_tokens():
+    config, model = small_model()
+    model.eval()
+    cond = torch.randn(6, 7)
+    f_hat, idx = model.transformer.generate(cond, model.vq)
+    zs = [model.vq.embed_scale(k, i) for k, i in enumerate(idx)]
+    assert torch.allclose(sum(zs), f_hat, atol=1e-5)
+    logits = model.transformer(cond, model.teacher_inputs(zs))
+    assert torch.equal(logits.argmax(-1), torch.cat(idx, 1))
+
+
+def test_autoencoder_and_transformer_overfit_a_tiny_batch():
+    config, model = small_model(lr=1e-3)
+    batch = smooth_batch(batch=16)
+    ae = fit(model, config, "autoencoder", batch, 300)
+    assert ae[-1] < ae[0] / 10, (ae[0], ae[-1])
+    tf = fit(model, config, "transformer", batch, 300)
+    assert tf[-1] < tf[0] / 10, (tf[0], tf[-1])
+
+
+TINY_DATA = dict(task="maze2d-umaze", dataset_size=30_000, wandb_mode="disabled", device="cpu")
+
+
+def test_resume_after_a_kill_reaches_the_same_parameters(tmp_path):
+    steps = dict(ae_steps=30, tf_steps=30, e2e_steps=20, checkpoint_every=25, log_every=10)
+    config = mage.TrainConfig(**SMALL, **TINY_DATA, **steps, out_dir=str(tmp_path / "a"))
+    data = mage.load_data(config, torch.device("cpu"))
+
+    def run(cfg, kill_at=None):
+        torch.manual_seed(cfg.seed)
+        model = mage.MAGE(cfg, 1 + data.obs_dim, data.cond_dim, data.act_dim)
+        run_dir = tmp_path / cfg.out_dir
+        logger = mage.Logger(cfg, "mage", run_dir, "disabled")
+        if kill_at is not None:  # simulate SIGKILL: the process dies right after logging step kill_at
+            def die(metrics, step):
+                if step >= kill_at:
+                    raise KeyboardInterrupt
+            logger.log = die
+        try:
+            mage.train(cfg, data, model, run_dir, logger, torch.device("cpu"))
+        except KeyboardInterrupt:
+            pass
+        return model
+
+    full = run(config)
+    killed_cfg = dataclasses.replace(config, out_dir=str(tmp_path / "b"))
+    run(killed_cfg, kill_at=60)  # dies in stage 2, after the checkpoint of step 50
+    resumed = run(dataclasses.replace(killed_cfg, resume=True))
+    for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
+        assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+
+
+def test_tiny_config_learns_and_beats_random(tmp_path):
+    from shared.utils import parse_config
+
+    config = parse_config(mage.TrainConfig, ["--config", str(ROOT / "configs/mage/tiny.yaml"), "--out_dir", str(tmp_path),
+                                             "--wandb_mode", "disabled"])
+    final = mage.main(config)
+    curve = [line for line in (tmp_path / "mage/maze2d-umaze/seed0/metrics.jsonl").read_text().splitlines()]
+    assert curve, "no training metrics were logged"
+    assert final["normalized_score"] > 25.0, final["normalized_score"]  # random policy = 0, expert controller = 100
