@@ -74,6 +74,7 @@ class TrainConfig:
     n_heads: int = 8  # attention heads
     dropout: float = 0.1  # dropout in the transformer
     # --- (3) condition-guided decoder and inverse dynamics
+    decoder_condition: bool = True  # condition the decoder on (R_t, s_t [, g]) (False: the paper's ablation)
     adapter_dim: int = 64  # bottleneck width of the decoder adapters (trained in the end-to-end stage)
     action_horizon: int = 1  # actions predicted from one plan (replan_every <= action_horizon)
     gumbel_tau: float = 1.0  # Gumbel-Softmax temperature in end-to-end fine-tuning
@@ -347,15 +348,13 @@ class AdaLNBlock(nn.Module):
 class MultiScaleTransformer(nn.Module):
     """p(m_1..m_K | c) = prod_k p(m_k | m_<k, c), VAR-style next-scale prediction.
 
-    Sequence = [condition token (scale 1's slot)] + [scale-k inputs for k = 2..K], each the accumulated latent
+    Sequence = [condition token(s) in scale 1's slots] + [scale-k inputs for k = 2..K], each the accumulated latent
     of scales < k downsampled to l_k. Block-causal: a position of scale k attends to scales <= k only.
     """
 
     def __init__(self, scales: List[int], vocab: int, code_dim: int, cond_dim: int, d: int, layers: int,
                  heads: int, dropout: float) -> None:
         super().__init__()
-        if scales[0] != 1:
-            raise RunError(f"scales must start at 1 (the condition token's slot), got {scales}")
         self.scales = list(scales)
         n = sum(scales)
         self.cond_embed = nn.Sequential(nn.Linear(cond_dim, d), nn.SiLU(), nn.Linear(d, d))
@@ -374,8 +373,8 @@ class MultiScaleTransformer(nn.Module):
     def embed(self, c: torch.Tensor, inputs: Optional[torch.Tensor], k0: int, k1: int) -> torch.Tensor:
         """Token embeddings of scales k0..k1-1 (k0 = 0 starts with the condition token)."""
         parts = []
-        if k0 == 0:
-            parts.append(c[:, None, :])
+        if k0 == 0:  # scale 1 has no coarser latent: its slots hold the condition (VAR's start token)
+            parts.append(c[:, None, :].expand(-1, self.scales[0], -1))
         if inputs is not None:
             parts.append(self.word_embed(inputs))
         lo, hi = self.bounds[k0], self.bounds[k1]
@@ -424,6 +423,7 @@ class MAGE(nn.Module):
             raise RunError(f"patch ({config.patch}) must be a power of 2 dividing horizon ({config.horizon})")
         if config.scales[-1] != L or sorted(config.scales) != list(config.scales):
             raise RunError(f"scales {config.scales} must increase and end at horizon/patch = {L}")
+        self.decoder_condition = config.decoder_condition
         self.encoder = TrajectoryEncoder(x_dim, config.ae_channels, config.code_dim, config.patch, config.ae_blocks)
         self.vq = MultiScaleVQ(config.scales, config.codebook_size, config.code_dim, config.beta, config.phi_ratio)
         self.decoder = ConditionGuidedDecoder(x_dim, config.ae_channels, config.code_dim, cond_dim, config.patch,
@@ -431,6 +431,9 @@ class MAGE(nn.Module):
         self.inverse = LatentInverseDynamics(config.code_dim, L, cond_dim, act_dim, config.action_horizon)
         self.transformer = MultiScaleTransformer(config.scales, config.codebook_size, config.code_dim, cond_dim,
                                                  config.d_model, config.n_layers, config.n_heads, config.dropout)
+
+    def decode(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z, cond if self.decoder_condition else torch.zeros_like(cond))
 
     def teacher_inputs(self, zs: list[torch.Tensor]) -> torch.Tensor:
         """Transformer inputs for scales 2..K from the true per-scale contributions z_k."""
@@ -450,7 +453,7 @@ def autoencoder_loss(model: MAGE, batch: dict, config: TrainConfig, per_scale: b
     """Stage 1: reconstruction + VQ + L_inv on the true latent."""
     x, cond, mask = batch["x"], batch["cond"][:, 0], batch["mask"]
     f_st, idx_list, vq_loss, zs = model.vq(model.encoder(x))
-    recon = masked_mse(model.decoder(f_st, cond), x, mask)
+    recon = masked_mse(model.decode(f_st, cond), x, mask)
     act = model.inverse(f_st, cond)
     A = config.action_horizon
     inv = masked_mse(act, batch["actions"][:, :A], mask[:, :A])
@@ -461,7 +464,7 @@ def autoencoder_loss(model: MAGE, batch: dict, config: TrainConfig, per_scale: b
             partial = torch.zeros_like(zs[0])
             for k, z in enumerate(zs):
                 partial = partial + z
-                stats[f"ae/recon_scale{k + 1}"] = masked_mse(model.decoder(partial, cond), x, mask).item()
+                stats[f"ae/recon_scale{k + 1}"] = masked_mse(model.decode(partial, cond), x, mask).item()
             counts = torch.bincount(torch.cat([i.flatten() for i in idx_list]), minlength=config.codebook_size)
             p = counts.float() / counts.sum()
             stats["ae/perplexity"] = torch.exp(-(p * (p + 1e-10).log()).sum()).item()
@@ -496,8 +499,11 @@ def end_to_end_loss(model: MAGE, batch: dict, config: TrainConfig):
     f_gen = sum(model.vq.embed_scale(k, onehot=onehot[:, bounds[k]:bounds[k + 1]]) for k in range(len(bounds) - 1))
     A = config.action_horizon
     inv = masked_mse(model.inverse(f_gen, cond), batch["actions"][:, :A], mask[:, :A])
-    cond_err = F.mse_loss(model.decoder(f_gen, cond)[:, 0].float(), x[:, 0].float())  # L_cond on the first step
-    loss = config.w_ce * ce + config.w_inv * inv + config.w_cond * cond_err
+    loss = config.w_ce * ce + config.w_inv * inv
+    cond_err = torch.zeros(())
+    if config.decoder_condition:  # L_cond on the first decoded step, learnt by the adapters
+        cond_err = F.mse_loss(model.decode(f_gen, cond)[:, 0].float(), x[:, 0].float())
+        loss = loss + config.w_cond * cond_err
     return loss, {"e2e/ce": ce.item(), "e2e/inv": inv.item(), "e2e/cond": cond_err.item()}
 
 
@@ -521,7 +527,9 @@ def make_optimizer(model: MAGE, stage: str, config: TrainConfig) -> torch.optim.
     elif stage == "transformer":
         params, lr = list(model.transformer.parameters()), config.lr
     else:
-        params = [*model.transformer.parameters(), *model.decoder.adapter_parameters(), *model.inverse.parameters()]
+        params = [*model.transformer.parameters(), *model.inverse.parameters()]
+        if config.decoder_condition:
+            params += model.decoder.adapter_parameters()
         lr = config.e2e_lr
     for p in params:
         p.requires_grad_(True)
@@ -664,7 +672,7 @@ def main(config: TrainConfig) -> dict:
 
     def run_eval(episodes: int):
         return evaluate(task.name, MagePolicy(model, data, config, device), episodes, config.eval_seed,
-                        num_envs=config.num_eval_envs)
+                        num_envs=config.num_eval_envs, progress=sys.stderr.isatty())
 
     t0 = time.time()
     steps = train(config, data, model, run_dir, logger, device, run_eval)

@@ -115,6 +115,9 @@ class D4RLEnv:
         self.env.close()
 
 
+_ENV_CACHE: dict = {}  # task name -> evaluation envs, reused across calls (every reset is fully seeded)
+
+
 def make_eval_env(task_name: str):
     """MazeEnv for embedded tasks, D4RLEnv (needs gym + d4rl) for original D4RL tasks."""
     task = get_task(task_name)
@@ -145,7 +148,11 @@ def evaluate(
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     num_envs = max(1, min(num_envs, episodes))
-    envs = [make_eval_env(task_name) for _ in range(num_envs)]
+    # building a maze env compiles its MuJoCo model (~0.2 s): keep them for the next evaluation of this task
+    cached = _ENV_CACHE.setdefault(task_name, [])
+    while len(cached) < num_envs:
+        cached.append(make_eval_env(task_name))
+    envs = cached[:num_envs]
     returns: List[float] = []
     successes: List[bool] = []
     latencies: List[float] = []
@@ -180,8 +187,6 @@ def evaluate(
             successes.extend(wave_success.tolist())
     finally:
         bar.close()
-        for env in envs:
-            env.close()
 
     normalized = [_normalize(task_name, r) for r in returns]
     return EvalResult(

@@ -136,8 +136,8 @@ def test_resume_after_a_kill_reaches_the_same_parameters(tmp_path):
 def test_tiny_config_learns_and_beats_random(tmp_path):
     from shared.utils import parse_config
 
-    config = parse_config(mage.TrainConfig, ["--config", str(ROOT / "configs/mage/tiny.yaml"), "--out_dir", str(tmp_path),
-                                             "--wandb_mode", "disabled"])
+    args = ["--config", str(ROOT / "configs/mage/tiny.yaml"), "--out_dir", str(tmp_path), "--wandb_mode", "disabled"]
+    config = parse_config(mage.TrainConfig, args)
     final = mage.main(config)
     curve = [line for line in (tmp_path / "mage/maze2d-umaze/seed0/metrics.jsonl").read_text().splitlines()]
     assert curve, "no training metrics were logged"

@@ -1,0 +1,132 @@
+"""Run a grid of algorithms x tasks x seeds from the committed configs, on one GPU or several.
+
+    python benchmarks/run.py --algos mage dt --tasks maze2d-umaze maze2d-large --seeds 0 1 2 --gpus 0,1 --per-gpu 4
+
+One process per run (CUDA_VISIBLE_DEVICES picks its GPU, ``--per-gpu`` runs share a GPU). A run whose results
+file exists is skipped; a run with checkpoints but no results is resumed (``--resume true``). Each run writes
+``benchmarks/results/<algo>/<task>/seed<k>.json`` (the suite's schema) and logs to ``<out_dir>/logs/``.
+Variants (ablations) are algorithms with config overrides, listed in VARIANTS; their results go to
+``benchmarks/results/<variant>/...``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# variant name -> (algorithm file, config overrides): the ablations of issue "MAGE in one file"
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "mage-k1": ("mage", ["--scales", "[32]"]),  # one scale: all tokens in one pass (K = 1)
+    "mage-nodeccond": ("mage", ["--decoder_condition", "false"]),  # decoder without the condition, no L_cond
+}
+
+
+@dataclass
+class Job:
+    name: str  # algorithm or variant name (results folder)
+    algo: str  # algorithm file
+    task: str
+    seed: int
+    overrides: list[str]
+
+    @property
+    def tag(self) -> str:
+        return f"{self.name}-{self.task}-seed{self.seed}"
+
+
+def build_jobs(names: list[str], tasks: list[str], seeds: list[int], config_dir: Path) -> list[Job]:
+    jobs = []
+    for name in names:
+        algo, overrides = VARIANTS.get(name, (name, []))
+        if not (ROOT / "algorithms" / f"{algo}.py").exists():
+            sys.exit(f"error: no algorithms/{algo}.py for '{name}' (variants: {', '.join(VARIANTS)})")
+        for task in tasks:
+            if not (config_dir / algo / f"{task}.yaml").exists():
+                sys.exit(f"error: no config {config_dir / algo / (task + '.yaml')}")
+            jobs += [Job(name, algo, task, seed, overrides) for seed in seeds]
+    return jobs
+
+
+def command(job: Job, args: argparse.Namespace) -> tuple[list[str], Path]:
+    result = Path(args.results_dir) / job.name / job.task / f"seed{job.seed}.json"
+    out_dir = Path(args.out_dir) / job.name
+    run_dir = out_dir / job.algo / job.task / f"seed{job.seed}"
+    cmd = [sys.executable, str(ROOT / "algorithms" / f"{job.algo}.py"),
+           "--config", str(Path(args.config_dir) / job.algo / f"{job.task}.yaml"),
+           "--seed", str(job.seed), "--out_dir", str(out_dir), "--results_path", str(result), *job.overrides,
+           *args.extra]
+    if any(run_dir.glob("checkpoint_*.pt")):
+        cmd += ["--resume", "true"]
+    return cmd, result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--algos", nargs="+", required=True, help="algorithm files or variants (VARIANTS)")
+    p.add_argument("--tasks", nargs="+", required=True)
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--gpus", default=os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+                   help="comma-separated GPU ids; empty = CPU")
+    p.add_argument("--per-gpu", type=int, default=1, help="concurrent runs per GPU (or on the CPU)")
+    p.add_argument("--config-dir", default=str(ROOT / "configs"))
+    p.add_argument("--results-dir", default=str(ROOT / "benchmarks" / "results"))
+    p.add_argument("--out-dir", default=str(ROOT / "runs"))
+    p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
+    p.add_argument("extra", nargs="*", help="after --: overrides passed to every run, e.g. -- --eval_episodes 50")
+    args = p.parse_args()
+
+    jobs = build_jobs(args.algos, args.tasks, args.seeds, Path(args.config_dir))
+    todo = []
+    for job in jobs:
+        cmd, result = command(job, args)
+        if result.exists():
+            print(f"skip {job.tag}: {result} exists")
+        else:
+            todo.append(job)
+    slots = [g for g in args.gpus.split(",") if g != ""] or [""]
+    slots = [g for g in slots for _ in range(args.per_gpu)]
+    log_dir = Path(args.out_dir) / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    if args.dry_run:
+        for job in todo:
+            print(" ".join(command(job, args)[0]))
+        return
+    running: dict[str, tuple[subprocess.Popen, Job, float]] = {}
+    failed: list[str] = []
+    queue = list(todo)
+    print(f"{len(todo)} runs on {len(slots)} slots ({args.gpus or 'CPU'})", flush=True)
+    while queue or running:
+        for slot_id, gpu in enumerate(slots):
+            key = f"{slot_id}"
+            if key in running or not queue:
+                continue
+            job = queue.pop(0)
+            cmd, _ = command(job, args)
+            env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+            if gpu != "":
+                env["CUDA_VISIBLE_DEVICES"] = gpu
+            log = open(log_dir / f"{job.tag}.log", "a")
+            running[key] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), job,
+                            time.time())
+            print(f"start {job.tag} on {'GPU ' + gpu if gpu else 'CPU'}", flush=True)
+        for key, (proc, job, t0) in list(running.items()):
+            if proc.poll() is not None:
+                status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
+                if proc.returncode:
+                    failed.append(job.tag)
+                print(f"{status} {job.tag} in {time.time() - t0:.0f}s", flush=True)
+                del running[key]
+        time.sleep(1.0)
+    print(f"finished: {len(todo) - len(failed)} ok, {len(failed)} failed {failed}", flush=True)
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
