@@ -59,6 +59,8 @@ class TrainConfig:
     patch: int = 2  # temporal downsampling of the encoder: latent length L = horizon / patch (power of 2)
     discount: float = 0.99  # goal tasks: R_t = discount^(steps to the goal); reward tasks: RTG discount
     rtg_scale: float = 1.0  # reward tasks: returns-to-go are divided by this
+    end_fraction: float = 0.0  # share of each batch starting in the last end_window steps of a trajectory
+    end_window: int = 8  # goal tasks: the steps that reach the goal (the only data showing how to stop there)
     # --- (1) multi-scale autoencoder
     scales: List[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])  # token-map lengths l_1..l_K; l_K = L
     codebook_size: int = 512  # V: entries of the one codebook shared by all scales
@@ -135,7 +137,8 @@ def load_data(config: TrainConfig, device: torch.device) -> TrajectoryData:
         goal_n = np.zeros((len(obs), 0), np.float32)
     x = np.concatenate([rtg[:, None], s], 1).astype(np.float32)
     cond = np.concatenate([x, goal_n], 1).astype(np.float32)  # (R_t, s_t [, g])
-    buffer = SegmentBuffer({"x": x, "cond": cond, "actions": actions}, bounds, config.horizon, device)
+    buffer = SegmentBuffer({"x": x, "cond": cond, "actions": actions}, bounds, config.horizon, device,
+                           end_window=config.end_window)
     print(f"[mage] {config.task}: {len(obs):,} transitions, {buffer.num_trajectories:,} trajectories, "
           f"data = {info['source']}")
     return TrajectoryData(buffer, obs_norm, obs.shape[1], actions.shape[1], cond.shape[1],
@@ -580,7 +583,7 @@ def train(config: TrainConfig, data: TrajectoryData, model: MAGE, run_dir: Path,
             base = config.e2e_lr if stage == "end_to_end" else config.lr
             group["lr"] = base * lr_factor(step - start, length, config.warmup_steps)
         model.train()
-        batch = data.buffer.sample(config.batch_size)
+        batch = data.buffer.sample(config.batch_size, end_fraction=config.end_fraction)
         log_now = (step + 1) % config.log_every == 0
         with autocast:
             if stage == "autoencoder":

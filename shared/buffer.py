@@ -86,17 +86,18 @@ class SegmentBuffer:
     """Fixed-horizon segments of trajectories, padded at the end by repeating the last step.
 
     ``fields`` maps names to per-step arrays [N, ...] (all the same N); every start t of every trajectory is a
-    valid segment start, and ``mask`` [B, H] is 1 on real steps and 0 on padding.
+    valid segment start, and ``mask`` [B, H] is 1 on real steps and 0 on padding. ``end_window`` marks the last
+    steps of each trajectory so that ``sample(end_fraction=...)`` can over-represent them.
     """
 
     def __init__(self, fields: dict[str, np.ndarray], bounds: np.ndarray, horizon: int,
-                 device: torch.device | str = "cpu", min_length: int = 1) -> None:
+                 device: torch.device | str = "cpu", min_length: int = 1, end_window: int = 0) -> None:
         self.horizon = horizon
         self.device = torch.device(device)
         bounds = np.asarray([b for b in bounds if b[1] - b[0] >= min_length])
         if len(bounds) == 0:
             raise ValueError(f"no trajectory of at least {min_length} steps in the dataset")
-        index, starts, mask = [], [], []
+        index, starts, mask, end_starts = [], [], [], []
         offset = 0
         for start, end in bounds:
             length = end - start
@@ -105,20 +106,29 @@ class SegmentBuffer:
             index.append(idx)
             mask.append(np.concatenate([np.ones(length), np.zeros(horizon - 1)]))
             starts.append(offset + np.arange(length))
+            end_starts.append(offset + np.arange(max(0, length - end_window), length))
             offset += len(idx)
         index = np.concatenate(index)
         self.fields = {k: torch.as_tensor(np.asarray(v)[index], device=self.device) for k, v in fields.items()}
         self.mask = torch.as_tensor(np.concatenate(mask), dtype=torch.float32, device=self.device)
         self.starts = torch.as_tensor(np.concatenate(starts), device=self.device)
+        self.end_starts = torch.as_tensor(np.concatenate(end_starts), device=self.device, dtype=torch.long)
         self.num_trajectories = len(bounds)
         self._offsets = torch.arange(horizon, device=self.device)
 
     def __len__(self) -> int:
         return len(self.starts)
 
-    def sample(self, batch_size: int, generator: Optional[torch.Generator] = None) -> dict[str, torch.Tensor]:
-        pick = torch.randint(len(self.starts), (batch_size,), device=self.device, generator=generator)
-        rows = self.starts[pick, None] + self._offsets  # [B, H]
+    def sample(self, batch_size: int, generator: Optional[torch.Generator] = None,
+               end_fraction: float = 0.0) -> dict[str, torch.Tensor]:
+        """``end_fraction`` of the batch starts within the last ``end_window`` steps of a trajectory."""
+        n_end = int(round(batch_size * end_fraction)) if len(self.end_starts) else 0
+        pick = torch.randint(len(self.starts), (batch_size - n_end,), device=self.device, generator=generator)
+        first = self.starts[pick]
+        if n_end:
+            pick_end = torch.randint(len(self.end_starts), (n_end,), device=self.device, generator=generator)
+            first = torch.cat([first, self.end_starts[pick_end]])
+        rows = first[:, None] + self._offsets  # [B, H]
         batch = {k: v[rows] for k, v in self.fields.items()}
         batch["mask"] = self.mask[rows]
         return batch
