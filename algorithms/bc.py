@@ -5,7 +5,8 @@ dataset action (``policy: mse``, CORL's BC) or by the likelihood of a tanh-Gauss
 On maze2d-*/multi2d-* the policy is goal-conditioned: during training the goal is the collection goal
 ``infos/goal`` of each trajectory (hindsight), at evaluation the goal the env hands to ``Policy.reset``.
 ``filter_top_fraction`` < 1 keeps only the trajectories with the highest returns (sum of dataset rewards, CORL's
-``keep_best_trajectories``); such runs are filed under the algorithm name ``bc<percent>`` (e.g. ``bc10``).
+``keep_best_trajectories``); their results carry the algorithm name ``bc<percent>`` (e.g. ``bc10``), while the run
+folder stays out_dir/bc/task/seedK (benchmarks/run.py gives each variant its own out_dir).
 Run:  python algorithms/bc.py --config configs/bc/maze2d-umaze.yaml [--field value ...]
 """
 
@@ -42,7 +43,7 @@ class TrainConfig:
     seed: int = 0  # training seed (model, sampling)
     eval_seed: int = 1000  # first evaluation episode seed; episode i uses eval_seed + i
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"; asking for cuda without a GPU is an error
-    out_dir: str = "runs"  # run folder root: checkpoints, metrics.jsonl, final.json go to out_dir/<algo>/task/seedK
+    out_dir: str = "runs"  # run folder root: checkpoints, metrics.jsonl and final.json go to out_dir/bc/task/seedK
     results_path: Optional[str] = None  # also write the final metrics JSON here (e.g. benchmarks/results/...)
     resume: bool = False  # continue from the newest checkpoint in the run folder
     wandb_mode: str = "offline"  # "online", "offline" or "disabled" (WANDB_MODE overrides)
@@ -74,7 +75,7 @@ class TrainConfig:
 
 
 def algo_name(config: TrainConfig) -> str:
-    """"bc" for plain BC, "bc10" for filter_top_fraction 0.1 (the run folder and results use this name)."""
+    """"bc" for plain BC, "bc10" for filter_top_fraction 0.1 (the name in the results and W&B)."""
     if not 0.0 < config.filter_top_fraction <= 1.0:
         raise RunError(f"filter_top_fraction must be in (0, 1], got {config.filter_top_fraction}")
     return "bc" if config.filter_top_fraction >= 1.0 else f"bc{round(100 * config.filter_top_fraction):g}"
@@ -230,7 +231,7 @@ def main(config: TrainConfig) -> dict:
     algo = algo_name(config)
     device = resolve_device(config.device)
     set_seed(config.seed)
-    run_dir = prepare_run_dir(config, algo)
+    run_dir = prepare_run_dir(config, "bc")
     state = load_latest_checkpoint(run_dir, map_location=device) if config.resume else None
     obs_norm = Normalizer.from_state_dict(state["obs_norm"]) if state else None
     data = load_data(config, device, obs_norm)

@@ -395,9 +395,12 @@ class MultiScaleTransformer(nn.Module):
             h = block(h, c, self.mask)
         return self.logits(h, c)
 
-    @torch.no_grad()
-    def generate(self, cond: torch.Tensor, vq: MultiScaleVQ, temperature: float = 0.0):
-        """K forward passes (one per scale) with a KV cache. Returns (f_hat [B, dim, L], token maps)."""
+    def generate(self, cond: torch.Tensor, vq: MultiScaleVQ, temperature: float = 0.0, gumbel_tau: float = 0.0):
+        """K forward passes (one per scale) with a KV cache. Returns (f_hat [B, dim, L], token maps).
+
+        gumbel_tau > 0 samples straight-through Gumbel-Softmax one-hots, so the whole generation stays
+        differentiable (end-to-end stage); otherwise argmax (temperature 0) or sampling, under no_grad at test time.
+        """
         c = self.cond_embed(cond)
         caches: list[list] = [[] for _ in self.blocks]
         f_hat = cond.new_zeros(cond.shape[0], vq.dim, vq.L)
@@ -406,12 +409,18 @@ class MultiScaleTransformer(nn.Module):
             for block, cache in zip(self.blocks, caches):
                 h = block(h, c, None, cache)  # new tokens see all cached (coarser) ones and their own scale
             logits = self.logits(h, c).float()
-            if temperature > 0:
-                idx = torch.distributions.Categorical(logits=logits / temperature).sample()
+            if gumbel_tau > 0:
+                onehot = F.gumbel_softmax(logits, tau=gumbel_tau, hard=True)
+                idx_list.append(onehot.argmax(-1))
+                z = vq.embed_scale(k, onehot=onehot)
             else:
-                idx = logits.argmax(-1)
-            idx_list.append(idx)
-            f_hat = f_hat + vq.embed_scale(k, idx).to(f_hat.dtype)
+                if temperature > 0:
+                    idx = torch.distributions.Categorical(logits=logits / temperature).sample()
+                else:
+                    idx = logits.argmax(-1)
+                idx_list.append(idx)
+                z = vq.embed_scale(k, idx)
+            f_hat = f_hat + z.to(f_hat.dtype)
             if k + 1 < len(self.scales):
                 h = self.embed(c, vq.next_input(f_hat, k).to(c.dtype), k + 1, k + 2)
         return f_hat, idx_list
@@ -453,11 +462,11 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
 
 
 def autoencoder_loss(model: MAGE, batch: dict, config: TrainConfig, per_scale: bool = False):
-    """Stage 1: reconstruction + VQ + L_inv on the true latent."""
+    """Stage 1: reconstruction + VQ, and L_inv pre-training of the head on the (detached) true latent."""
     x, cond, mask = batch["x"], batch["cond"][:, 0], batch["mask"]
     f_st, idx_list, vq_loss, zs = model.vq(model.encoder(x))
     recon = masked_mse(model.decode(f_st, cond), x, mask)
-    act = model.inverse(f_st, cond)
+    act = model.inverse(f_st.detach(), cond)  # pre-training only: the encoder is not pushed to store action noise
     A = config.action_horizon
     inv = masked_mse(act, batch["actions"][:, :A], mask[:, :A])
     loss = recon + vq_loss + config.w_inv * inv
@@ -489,17 +498,21 @@ def transformer_loss(model: MAGE, batch: dict):
 
 
 def end_to_end_loss(model: MAGE, batch: dict, config: TrainConfig):
-    """Stage 3: tokens sampled with straight-through Gumbel-Softmax from the transformer, so L_inv and L_cond
-    reach it; the adapters of the decoder learn L_cond. (choice) Scale inputs are teacher-forced."""
+    """Stage 3: the transformer generates all K scales freely from the condition, with straight-through
+    Gumbel-Softmax tokens, so L_inv and L_cond reach it; the decoder's adapters learn L_cond.
+
+    Free-running (not teacher-forced) generation matters: a latent encoded from the true segment also encodes the
+    noise of the logged actions, so an inverse-dynamics head fed with it learns to replay noise; fed with generated
+    latents it learns the action expected under the plan. The teacher-forced cross-entropy keeps the transformer
+    close to the data's token distribution.
+    """
     x, cond, mask = batch["x"], batch["cond"][:, 0], batch["mask"]
     with torch.no_grad():
         _, idx_list, _, zs = model.vq(model.encoder(x))
         inputs = model.teacher_inputs(zs)
     logits = model.transformer(cond, inputs)
     ce = F.cross_entropy(logits.float().flatten(0, 1), torch.cat(idx_list, 1).flatten())
-    onehot = F.gumbel_softmax(logits.float(), tau=config.gumbel_tau, hard=True)
-    bounds = model.transformer.bounds
-    f_gen = sum(model.vq.embed_scale(k, onehot=onehot[:, bounds[k]:bounds[k + 1]]) for k in range(len(bounds) - 1))
+    f_gen, _ = model.transformer.generate(cond, model.vq, gumbel_tau=config.gumbel_tau)
     A = config.action_horizon
     inv = masked_mse(model.inverse(f_gen, cond), batch["actions"][:, :A], mask[:, :A])
     loss = config.w_ce * ce + config.w_inv * inv

@@ -94,7 +94,7 @@ def make_result(algo: str, config: Any, dataset_info: dict, eval_result: Any, tr
         "train_steps": train_steps,
         "train_wall_s": round(train_wall_s, 2),
         "action_latency_ms": ev.get("action_latency_ms"),
-        "action_latency_batch": ev.get("action_latency_batch"),
+        "action_latency_batch": ev.get("latency_batch_size", ev.get("action_latency_batch")),
         "device": device,
         "git_commit": git_commit(),
         "learning_curve": curve or [],

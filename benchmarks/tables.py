@@ -1,0 +1,567 @@
+"""Tables and plots of the benchmark, rebuilt from the committed result files alone (no W&B API).
+
+    python benchmarks/tables.py [--results-dir benchmarks/results] [--out benchmarks/RESULTS.md]
+                                [--readme README.md] [--plots-dir benchmarks/plots] [--check]
+
+Reads ``<results-dir>/<algo-or-variant>/<task>/seed<k>.json`` (the schema of shared/logger.py) and writes
+  * ``--out``: per task group a task x algorithm table of normalised scores (mean ± std over seeds, seed count,
+    best mean per row in bold, an average row), the papers' numbers in their own labelled columns, a table of
+    training wall time / per-action latency / device, an ablation table for the variants of benchmarks/run.py,
+    and the provenance (file count, git commits, dataset sources);
+  * the block between ``<!-- results:start -->`` and ``<!-- results:end -->`` of ``--readme`` (markers are
+    appended at the end of the file when missing; nothing else in it is touched);
+  * PNG plots in ``--plots-dir``: learning curves per task and a bar chart of scores per task group.
+The output is deterministic: the same result files give the same bytes. ``--check`` regenerates everything
+into a temporary directory and exits 1 if any committed output differs (or is missing, or a stale plot remains).
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import importlib.util
+import io
+import json
+import math
+import os
+import re
+import sys
+import tempfile
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+ROOT = Path(__file__).resolve().parents[1]
+START, END = "<!-- results:start -->", "<!-- results:end -->"
+ALGO_ORDER = ("mage", "dt", "diffuser", "iql", "bc")  # column order; other names follow alphabetically
+PLOT_PATTERNS = ("curves_*.png", "scores_*.png")  # files of --plots-dir that this script owns
+
+# task groups: (key, title, canonical tasks shown even without results)
+GROUPS = (
+    ("maze2d", "Maze2D (fixed goal)", ("maze2d-umaze", "maze2d-medium", "maze2d-large")),
+    ("multi2d", "Multi2D (random goals)", ("multi2d-umaze", "multi2d-medium", "multi2d-large")),
+    ("antmaze", "AntMaze", ()),
+    ("locomotion", "MuJoCo locomotion", ()),
+    ("other", "Other tasks", ()),
+)
+
+# Published numbers (D4RL normalised scores on the ORIGINAL D4RL data and reference scores; see
+# ../shared/paper/MAGE.md). Keys: size (umaze/medium/large) or "average". Never mixed with our columns.
+PAPER_SOURCES = {
+    "paper: MAGE (D4RL original data)": "MAGE paper (Lin, Gao et al., ICLR 2026): only the averages are known to us",
+    "paper: Diffuser": "Diffuser paper (Janner et al., ICML 2022)",
+    "paper: HD": "Hierarchical Diffuser paper (HD), as quoted for MAGE's comparison",
+    "reported: DT (single-file DT)": "Decision Transformer on maze2d-v1 as reported for a well-known single-file DT "
+                                     "implementation (figures as given to this project; source not re-checked)",
+}
+PAPER = {
+    "maze2d": {
+        "paper: MAGE (D4RL original data)": {"average": 153.3},
+        "paper: Diffuser": {"umaze": 113.9, "medium": 121.5, "large": 123.0},
+        "paper: HD": {"umaze": 128.4, "medium": 135.6, "large": 155.8},
+        "reported: DT (single-file DT)": {"umaze": 18.1, "medium": 31.7, "large": 35.7},
+    },
+    "multi2d": {
+        "paper: MAGE (D4RL original data)": {"average": 155.0},
+        "paper: Diffuser": {"umaze": 128.9, "medium": 127.2, "large": 132.1},
+        "paper: HD": {"umaze": 144.1, "medium": 140.2, "large": 165.5},
+    },
+}
+
+
+# ----------------------------------------------------------------------------- reading
+@dataclass
+class Cell:
+    """The runs of one (algorithm or variant, task)."""
+
+    name: str
+    task: str
+    runs: list[dict] = field(default_factory=list)  # sorted by seed
+
+    def values(self, key: str) -> list[float]:
+        out = []
+        for r in self.runs:
+            v = r.get(key)
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+                out.append(float(v))
+        return out
+
+    @property
+    def scores(self) -> list[float]:
+        return self.values("normalized_score")
+
+
+def mean_std(xs: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof 1; 0 for a single value)."""
+    m = sum(xs) / len(xs)
+    if len(xs) < 2:
+        return m, 0.0
+    return m, math.sqrt(sum((x - m) ** 2 for x in xs) / (len(xs) - 1))
+
+
+def load_results(results_dir: Path) -> tuple[dict[tuple[str, str], Cell], list[str], list[tuple[str, str]]]:
+    """All ``<name>/<task>/seed<k>.json`` files -> cells; also the file list and the (file, reason) skipped."""
+    cells: dict[tuple[str, str], Cell] = {}
+    files, skipped = [], []
+    for path in sorted(results_dir.glob("*/*/seed*.json")):
+        rel = path.relative_to(results_dir).as_posix()
+        if not re.fullmatch(r"seed\d+\.json", path.name):
+            continue
+        try:
+            result = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            skipped.append((rel, f"unreadable ({type(exc).__name__})"))
+            continue
+        score = result.get("normalized_score") if isinstance(result, dict) else None
+        if not isinstance(score, (int, float)) or not math.isfinite(score):
+            skipped.append((rel, "no finite normalized_score"))
+            continue
+        name, task = path.parent.parent.name, path.parent.name
+        if result.get("task", task) != task:
+            skipped.append((rel, f"its task is '{result.get('task')}', not the folder's '{task}'"))
+            continue
+        result = {**result, "_file": rel, "_seed": int(path.stem[4:])}
+        cells.setdefault((name, task), Cell(name, task)).runs.append(result)
+        files.append(rel)
+    for cell in cells.values():
+        cell.runs.sort(key=lambda r: r["_seed"])
+    return cells, files, skipped
+
+
+def group_of(task: str) -> str:
+    for prefix in ("maze2d", "multi2d", "antmaze"):
+        if task.startswith(prefix + "-"):
+            return prefix
+    if task.split("-")[0] in ("halfcheetah", "hopper", "walker2d", "ant", "humanoid"):
+        return "locomotion"
+    return "other"
+
+
+def size_of(task: str) -> Optional[str]:
+    m = re.fullmatch(r"(?:maze2d|multi2d)-(umaze|medium|large)(?:-v\d+)?", task)
+    return m.group(1) if m else None
+
+
+def load_variants() -> dict[str, tuple[str, list[str]]]:
+    """benchmarks/run.py's VARIANTS (ablations): variant name -> (algorithm, overrides)."""
+    return dict(load_run_module().VARIANTS)
+
+
+def load_run_module():
+    """benchmarks/run.py as a module (a script, not a package)."""
+    if "benchmarks_run" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("benchmarks_run", Path(__file__).with_name("run.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
+        spec.loader.exec_module(module)
+    return sys.modules["benchmarks_run"]
+
+
+def order_names(names) -> list[str]:
+    names = set(names)
+    return [a for a in ALGO_ORDER if a in names] + sorted(names - set(ALGO_ORDER))
+
+
+def task_sort_key(task: str):
+    size = size_of(task)
+    return ({"umaze": 0, "medium": 1, "large": 2}.get(size, 3) if size else 3, task)
+
+
+# ----------------------------------------------------------------------------- markdown
+def fmt(x: Optional[float]) -> str:
+    return "—" if x is None else f"{x:.1f}"
+
+
+def score_cell(cell: Optional[Cell], bold: bool) -> str:
+    if cell is None or not cell.scores:
+        return "—"
+    m, s = mean_std(cell.scores)
+    text = f"{m:.1f} ± {s:.1f}" if len(cell.scores) > 1 else f"{m:.1f}"
+    return (f"**{text}**" if bold else text) + f" ({len(cell.scores)})"
+
+
+def md_table(header: list[str], rows: list[list[str]], align: Optional[list[str]] = None) -> list[str]:
+    align = align or ["---"] + ["---:"] * (len(header) - 1)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return lines
+
+
+def score_table(group: str, tasks: list[str], names: list[str], cells: dict) -> list[str]:
+    """Task x algorithm table of one group (ours), then the papers' columns."""
+    canonical = dict((g, list(t)) for g, _, t in GROUPS)[group]
+    paper_cols = list(PAPER.get(group, {}))
+    header = ["task"] + names + paper_cols
+    rows = []
+    row_means: dict[str, dict[str, float]] = defaultdict(dict)
+    for task in tasks:
+        means = {n: round(mean_std(cells[(n, task)].scores)[0], 1) for n in names
+                 if (n, task) in cells and cells[(n, task)].scores}
+        best = max(means.values()) if means else None
+        row = [f"`{task}`"] + [score_cell(cells.get((n, task)), means.get(n) == best) for n in names]
+        size = size_of(task)
+        row += [fmt(PAPER[group][c].get(size)) if size else "—" for c in paper_cols]
+        rows.append(row)
+        for n, m in means.items():
+            row_means[n][task] = m
+    # average over the group's canonical tasks (or all rows), for algorithms that have every one of them
+    avg_tasks = [t for t in canonical if t in tasks] if canonical else tasks
+    averages = {}
+    for n in names:
+        if avg_tasks and all(t in row_means[n] for t in avg_tasks):
+            averages[n] = round(sum(row_means[n][t] for t in avg_tasks) / len(avg_tasks), 1)
+    best = max(averages.values()) if averages else None
+    avg_row = ["**average**"] + [(f"**{averages[n]:.1f}**" if averages[n] == best else f"{averages[n]:.1f}")
+                                 if n in averages else "—" for n in names]
+    for c in paper_cols:
+        values = PAPER[group][c]
+        if "average" in values:
+            avg_row.append(fmt(values["average"]))
+        elif all(s in values for s in ("umaze", "medium", "large")):
+            avg_row.append(fmt(sum(values[s] for s in ("umaze", "medium", "large")) / 3))
+        else:
+            avg_row.append("—")
+    rows.append(avg_row)
+    return md_table(header, rows)
+
+
+def note_lines() -> list[str]:
+    return [
+        "Cells: mean ± sample standard deviation of the normalised score over seeds, the seed count in "
+        "parentheses; the best of our means in each row is in **bold**; the average row averages the per-task "
+        "means over the group's tasks (only for algorithms with all of them); in the published columns it is the "
+        "paper's stated average where we have only that, else the mean of the three tasks.",
+        "",
+        "**Not directly comparable:** the `paper:` / `reported:` columns are published numbers on the original "
+        "D4RL datasets with D4RL's reference scores. Our columns use datasets regenerated with the D4RL recipe "
+        "on gymnasium-robotics (`shared/datasets.py`) and our own reference scores (`shared/reference_scores.json`"
+        "); the scale of our scores is not the scale of the papers'.",
+    ]
+
+
+def timing_table(cells: dict, names: list[str], tasks: list[str]) -> list[str]:
+    header = ["task", "algorithm", "seeds", "train steps", "train wall (min)", "latency (ms / action)",
+              "batch", "device"]
+    rows = []
+    for task in tasks:
+        for n in names:
+            cell = cells.get((n, task))
+            if cell is None:
+                continue
+            steps = sorted({int(r["train_steps"]) for r in cell.runs if isinstance(r.get("train_steps"), int)})
+            wall = [w / 60 for w in cell.values("train_wall_s")]
+            lat = cell.values("action_latency_ms")
+            batches = set()
+            for r in cell.runs:
+                b = r.get("action_latency_batch")
+                if b is None:  # older files: the batch is evaluate()'s min(num_eval_envs, eval_episodes)
+                    cfg = r.get("config") or {}
+                    if "num_eval_envs" in cfg and "eval_episodes" in cfg:
+                        b = f"{min(cfg['num_eval_envs'], cfg['eval_episodes'])}*"
+                batches.add(str(b) if b is not None else "?")
+            devices = sorted({str(r.get("device")) for r in cell.runs})
+            wall_s = "—" if not wall else (f"{mean_std(wall)[0]:.1f} ± {mean_std(wall)[1]:.1f}" if len(wall) > 1
+                                           else f"{wall[0]:.1f}")
+            lat_s = "—" if not lat else (f"{mean_std(lat)[0]:.2f} ± {mean_std(lat)[1]:.2f}" if len(lat) > 1
+                                         else f"{lat[0]:.2f}")
+            rows.append([f"`{task}`", n, str(len(cell.runs)), ", ".join(map(str, steps)) or "—", wall_s, lat_s,
+                         ", ".join(sorted(batches)), "; ".join(devices)])
+    if not rows:
+        return ["No result files yet."]
+    return md_table(header, rows, ["---", "---", "---:", "---:", "---:", "---:", "---:", "---"])
+
+
+def ablation_table(cells: dict, variants: dict, present: set[str]) -> list[str]:
+    """Variants of an algorithm vs the algorithm itself, on the tasks where some variant has results."""
+    lines = []
+    by_base: dict[str, list[str]] = defaultdict(list)
+    for name in sorted(present):
+        base = variants[name][0] if name in variants else None
+        if base is None and "-" in name and name.split("-")[0] in ALGO_ORDER:
+            base = name.split("-")[0]
+        if base is not None and base != name:
+            by_base[base].append(name)
+    if not by_base:
+        return ["No variant results yet (variants: " + ", ".join(f"`{v}`" for v in sorted(variants)) + ")."]
+    for base in order_names(by_base):
+        vs = by_base[base]
+        tasks = sorted({t for (n, t) in cells if n in vs}, key=lambda t: (group_order(t), task_sort_key(t)))
+        header = ["task", base] + [x for v in vs for x in (v, f"Δ {v}")]
+        rows = []
+        for task in tasks:
+            means = {n: round(mean_std(cells[(n, task)].scores)[0], 1) for n in [base] + vs if (n, task) in cells}
+            best = max(means.values())
+            row = [f"`{task}`", score_cell(cells.get((base, task)), means.get(base) == best)]
+            for v in vs:
+                row.append(score_cell(cells.get((v, task)), means.get(v) == best))
+                row.append(f"{means[v] - means[base]:+.1f}" if v in means and base in means else "—")
+            rows.append(row)
+        lines += md_table(header, rows) + [""]
+        for v in vs:
+            how = " ".join(variants[v][1]) if v in variants else "(not in benchmarks/run.py's VARIANTS)"
+            lines.append(f"- `{v}`: `{base}` with `{how}`")
+        lines.append("")
+    return lines[:-1]
+
+
+def group_order(task: str) -> int:
+    return [g for g, _, _ in GROUPS].index(group_of(task))
+
+
+def provenance(files: list[str], cells: dict, skipped: list, results_label: str) -> list[str]:
+    commits: dict[str, int] = defaultdict(int)
+    sources: dict[str, int] = defaultdict(int)
+    for cell in cells.values():
+        for r in cell.runs:
+            commits[str(r.get("git_commit"))] += 1
+            ds = r.get("dataset") or {}
+            sources[f"{ds.get('source')} / {ds.get('recipe')} (recipe v{ds.get('recipe_version')})"] += 1
+    lines = [f"Every number above comes from the **{len(files)}** result files under `{results_label}/` "
+             "(plus the published numbers of the `paper:`/`reported:` columns)."]
+    if commits:
+        lines += ["", "Git commits of the code that produced them:", ""]
+        lines += md_table(["commit", "files"], [[f"`{c}`", str(k)] for c, k in sorted(commits.items())])
+        lines += ["", "Datasets:", ""]
+        lines += md_table(["source / recipe", "files"], [[s, str(k)] for s, k in sorted(sources.items())])
+    if skipped:
+        lines += ["", "Ignored files:", ""] + [f"- `{f}`: {why}" for f, why in skipped]
+    if files:
+        lines += ["", "<details><summary>all result files</summary>", ""]
+        lines += [f"- `{f}`" for f in files]
+        lines += ["", "</details>"]
+    return lines
+
+
+# ----------------------------------------------------------------------------- plots
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    matplotlib.rcdefaults()  # ignore any matplotlibrc: same bytes everywhere with the same library versions
+    matplotlib.rcParams.update({
+        "font.family": "DejaVu Sans", "font.size": 9, "figure.dpi": 100, "savefig.dpi": 100,
+        "axes.grid": True, "grid.alpha": 0.3, "svg.hashsalt": "mage-suite", "path.simplify": True,
+    })
+    return plt
+
+
+def color_of(name: str, names: list[str]):
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+               "#bcbd22", "#17becf"]
+    if name in ALGO_ORDER:
+        return palette[ALGO_ORDER.index(name)]
+    return palette[(len(ALGO_ORDER) + sorted(n for n in names if n not in ALGO_ORDER).index(name)) % len(palette)]
+
+
+def png_bytes(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def curve_plot(task: str, names: list[str], cells: dict) -> Optional[bytes]:
+    series = []
+    for n in names:
+        cell = cells.get((n, task))
+        if cell is None:
+            continue
+        by_step: dict[float, list[float]] = defaultdict(list)
+        for r in cell.runs:
+            for point in r.get("learning_curve") or []:
+                if len(point) == 2 and all(isinstance(v, (int, float)) for v in point) and math.isfinite(point[1]):
+                    by_step[float(point[0])].append(float(point[1]))
+        if by_step:
+            steps = sorted(by_step)
+            stats = [mean_std(by_step[s]) for s in steps]
+            series.append((n, steps, stats, len(cell.runs)))
+    if not series:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for n, steps, stats, seeds in series:
+        m = [s[0] for s in stats]
+        sd = [s[1] for s in stats]
+        style = "-" if n in ALGO_ORDER else "--"
+        label = f"{n} ({seeds} seed{'s' if seeds > 1 else ''})"
+        ax.plot(steps, m, style, marker="o", markersize=3, color=color_of(n, names), label=label)
+        ax.fill_between(steps, [a - b for a, b in zip(m, sd)], [a + b for a, b in zip(m, sd)],
+                        color=color_of(n, names), alpha=0.15, linewidth=0)
+    ax.set_title(f"{task}: evaluation during training")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("normalised score (mean ± std over seeds)", fontsize=8)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    data = png_bytes(fig)
+    plt.close(fig)
+    return data
+
+
+def bar_plot(title: str, tasks: list[str], names: list[str], cells: dict) -> Optional[bytes]:
+    names = [n for n in names if any((n, t) in cells for t in tasks)]
+    if not names or not tasks:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(tasks) + 2), 3.6))
+    width = 0.8 / len(names)
+    for i, n in enumerate(names):
+        xs, ms, sds = [], [], []
+        for j, t in enumerate(tasks):
+            if (n, t) in cells and cells[(n, t)].scores:
+                m, s = mean_std(cells[(n, t)].scores)
+                xs.append(j - 0.4 + width * (i + 0.5))
+                ms.append(m)
+                sds.append(s)
+        ax.bar(xs, ms, width, yerr=sds, capsize=3, color=color_of(n, names), label=n)
+    ax.set_xticks(range(len(tasks)), tasks)
+    ax.set_ylabel("normalised score (mean ± std over seeds)", fontsize=8)
+    ax.set_title(f"{title}: our data and reference scores")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    data = png_bytes(fig)
+    plt.close(fig)
+    return data
+
+
+# ----------------------------------------------------------------------------- everything
+def build(results_dir: Path, out: Path, readme: Optional[Path], plots_dir: Path) -> dict[Path, bytes]:
+    """Target path -> bytes of every output (README.md's with the block replaced)."""
+    results_dir = Path(results_dir).resolve()
+    cells, files, skipped = load_results(results_dir)
+    variants = load_variants()
+    present = {n for n, _ in cells}
+    is_variant = {n for n in present if n in variants or ("-" in n and n.split("-")[0] in ALGO_ORDER)}
+    base_names = order_names(present - is_variant)
+    all_tasks = sorted({t for _, t in cells}, key=lambda t: (group_order(t), task_sort_key(t)))
+    try:
+        results_label = results_dir.relative_to(ROOT).as_posix()
+    except ValueError:
+        results_label = results_dir.as_posix()
+    outputs: dict[Path, bytes] = {}
+
+    # plots
+    plot_links: dict[str, Path] = {}
+    for task in all_tasks:
+        png = curve_plot(task, order_names(n for n, t in cells if t == task), cells)
+        if png is not None:
+            outputs[plots_dir / f"curves_{task}.png"] = png
+    for group, title, canonical in GROUPS:
+        tasks = [t for t in all_tasks if group_of(t) == group]
+        png = bar_plot(title, tasks, base_names, cells)
+        if png is not None:
+            outputs[plots_dir / f"scores_{group}.png"] = png
+            plot_links[group] = plots_dir / f"scores_{group}.png"
+
+    def rel(target: Path, frm: Path) -> str:
+        return Path(os.path.relpath(Path(target).resolve(), Path(frm).resolve().parent)).as_posix()
+
+    # RESULTS.md
+    md = ["# Benchmark results", "",
+          "Generated by `python benchmarks/tables.py` from the result files alone; do not edit by hand.", ""]
+    md += note_lines() + [""]
+    group_tables: dict[str, list[str]] = {}
+    for group, title, canonical in GROUPS:
+        tasks = sorted(set(canonical) | {t for t in all_tasks if group_of(t) == group}, key=task_sort_key)
+        if not tasks:
+            continue
+        names = [n for n in base_names if any((n, t) in cells for t in tasks)]
+        table = score_table(group, tasks, names, cells)
+        group_tables[group] = table
+        md += [f"## {title}", ""]
+        if not names:
+            md += ["No result files for this group yet; the published numbers for reference:", ""]
+        md += table + [""]
+        if group in plot_links:
+            md += [f"![{title} scores]({rel(plot_links[group], out)})", ""]
+        curves = [t for t in tasks if plots_dir / f"curves_{t}.png" in outputs]
+        if curves:
+            md += ["Learning curves: " + ", ".join(f"[{t}]({rel(plots_dir / f'curves_{t}.png', out)})"
+                                                  for t in curves), ""]
+    if any(PAPER.values()):
+        md += ["Published columns (numbers as collected in the project's paper notes, `shared/paper/MAGE.md`): "
+               + "; ".join(f"`{c}`: {s}" for c, s in PAPER_SOURCES.items()) + ".", ""]
+    md += ["## Training time, action latency and device", "",
+           "Wall time of training (evaluation excluded); latency = median wall time of one `act` call of the "
+           "evaluation (all envs of a batch at once), mean over seeds; a `*` batch is derived from the config.", ""]
+    md += timing_table(cells, order_names(present), all_tasks) + [""]
+    md += ["## Ablations", ""] + ablation_table(cells, variants, present) + [""]
+    md += ["## Provenance", ""] + provenance(files, cells, skipped, results_label)
+    outputs[out] = ("\n".join(md).rstrip() + "\n").encode()
+
+    # README block
+    if readme is not None:
+        block = ["", "Normalised scores on our regenerated datasets, mean ± std over seeds (seed count); full tables "
+                 f"in [{rel(out, readme)}]({rel(out, readme)}). The `paper:` columns are published numbers on the "
+                 "original D4RL data and are not directly comparable.", ""]
+        for group in ("maze2d", "multi2d"):
+            title = dict((g, t) for g, t, _ in GROUPS)[group]
+            block += [f"**{title}**", ""] + group_tables[group] + [""]
+        link = plot_links.get("maze2d") or plot_links.get("multi2d") or next(iter(plot_links.values()), None)
+        if link is not None:
+            block += [f"![scores]({rel(link, readme)})", ""]
+        else:
+            block += ["(No result files yet: run `benchmarks/run.py`, then `python benchmarks/tables.py`.)", ""]
+        text = Path(readme).read_text() if Path(readme).exists() else ""
+        new_block = START + "\n" + "\n".join(block) + END
+        if START in text and END in text and text.index(START) < text.index(END):
+            text = text[:text.index(START)] + new_block + text[text.index(END) + len(END):]
+        else:
+            text = text.rstrip("\n") + "\n\n" + new_block + "\n"
+        outputs[Path(readme)] = text.encode()
+    return outputs
+
+
+def stale_plots(plots_dir: Path, outputs: dict[Path, bytes]) -> list[Path]:
+    wanted = {p.resolve() for p in outputs}
+    found = {p for pattern in PLOT_PATTERNS for p in Path(plots_dir).glob(pattern)}
+    return sorted(p for p in found if p.resolve() not in wanted)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--results-dir", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
+    p.add_argument("--readme", default=str(ROOT / "README.md"), help="README whose results block to rewrite; '' = none")
+    p.add_argument("--plots-dir", type=Path, default=ROOT / "benchmarks" / "plots")
+    p.add_argument("--check", action="store_true", help="exit 1 if the committed outputs are not up to date")
+    args = p.parse_args(argv)
+    readme = Path(args.readme) if args.readme else None
+    if not args.results_dir.is_dir():
+        print(f"error: no results directory {args.results_dir}", file=sys.stderr)
+        return 2
+    outputs = build(args.results_dir, args.out, readme, args.plots_dir)
+    if args.check:
+        differ = []
+        with tempfile.TemporaryDirectory(prefix="tables-check-") as tmp:
+            for i, (target, data) in enumerate(sorted(outputs.items())):
+                fresh = Path(tmp) / f"{i}-{target.name}"
+                fresh.write_bytes(data)
+                if not target.exists():
+                    differ.append(f"{target}: missing")
+                elif target.read_bytes() != fresh.read_bytes():
+                    differ.append(f"{target}: differs")
+                    if target.suffix == ".md":
+                        diff = difflib.unified_diff(target.read_text().splitlines(), data.decode().splitlines(),
+                                                    "committed", "regenerated", lineterm="", n=1)
+                        differ += ["    " + line for line in list(diff)[:40]]
+        differ += [f"{p}: stale (no result file produces it)" for p in stale_plots(args.plots_dir, outputs)]
+        if differ:
+            print("out of date; run `python benchmarks/tables.py`:\n  " + "\n  ".join(differ), file=sys.stderr)
+            return 1
+        print(f"up to date: {len(outputs)} files")
+        return 0
+    for target, data in outputs.items():
+        if not target.exists() or target.read_bytes() != data:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            print(f"wrote {target}")
+    for stale in stale_plots(args.plots_dir, outputs):
+        stale.unlink()
+        print(f"removed stale {stale}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,330 @@
+"""Benchmark tooling: tables/plots from result files (deterministic, --check), W&B sweeps, offline W&B, speed."""
+
+import importlib.util
+import itertools
+import json
+import struct
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import ROOT, load_algorithm
+
+
+def load_script(name: str):
+    """benchmarks/<name>.py as a module."""
+    key = f"benchmarks_{name}"
+    if key not in sys.modules:
+        spec = importlib.util.spec_from_file_location(key, ROOT / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[key] = module
+        spec.loader.exec_module(module)
+    return sys.modules[key]
+
+
+tables = load_script("tables")
+
+
+# ----------------------------------------------------------------------------- tables
+def write_result(root: Path, name: str, task: str, seed: int, score: float, commit: str = "aaa111") -> None:
+    path = root / name / task / f"seed{seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "algo": name.split("-")[0], "task": task, "seed": seed,
+        "dataset": {"source": "embedded", "recipe": "d4rl-maze2d", "recipe_version": 1, "size": 1000, "seed": 0,
+                    "path": None},
+        "normalized_score": score, "normalized_score_std": 5.0, "return_mean": score, "return_std": 1.0,
+        "success_rate": 1.0, "episodes": 100, "train_steps": 1000, "train_wall_s": 120.0 * (seed + 1),
+        "action_latency_ms": 2.0, "action_latency_batch": 50, "device": "NVIDIA H100 80GB HBM3",
+        "git_commit": commit, "learning_curve": [[500, score / 2], [1000, score]],
+        "config": {"task": task, "seed": seed},
+    }))
+
+
+@pytest.fixture
+def results(tmp_path):
+    root = tmp_path / "results"
+    for seed, (a, b) in enumerate([(100.0, 60.0), (110.0, 62.0), (120.0, 64.0)]):
+        write_result(root, "mage", "maze2d-umaze", seed, a)
+        write_result(root, "dt", "maze2d-umaze", seed, b)
+        write_result(root, "mage", "maze2d-medium", seed, a + 10)
+        write_result(root, "mage", "maze2d-large", seed, a + 20)
+        write_result(root, "dt", "maze2d-large", seed, b + 80)  # DT wins this row
+    write_result(root, "diffuser", "multi2d-umaze", 0, 70.0, commit="bbb222")
+    write_result(root, "mage-k1", "maze2d-large", 0, 90.0)
+    (root / "speed.json").write_text("{}")  # not a run result: ignored
+    return root
+
+
+@pytest.fixture
+def small_results(tmp_path):
+    """Two seeds of one task: two plots, so regenerating is quick."""
+    root = tmp_path / "small-results"
+    write_result(root, "mage", "maze2d-umaze", 0, 100.0)
+    write_result(root, "mage", "maze2d-umaze", 1, 110.0)
+    return root
+
+
+def generate(results_dir: Path, out_dir: Path, *extra: str) -> int:
+    readme = out_dir / "README.md"
+    if not readme.exists():
+        out_dir.mkdir(parents=True, exist_ok=True)
+        readme.write_text("# Project\n\nText that must stay.\n")
+    return tables.main(["--results-dir", str(results_dir), "--out", str(out_dir / "RESULTS.md"),
+                        "--readme", str(readme), "--plots-dir", str(out_dir / "plots"), *extra])
+
+
+def test_tables_means_bold_paper_columns_and_identical_bytes(results, tmp_path):
+    assert generate(results, tmp_path / "a") == 0
+    assert generate(results, tmp_path / "b") == 0
+    md = (tmp_path / "a" / "RESULTS.md").read_text()
+    rows = {}  # first table row of each task: the score table
+    for line in md.splitlines():
+        if line.startswith("| `"):
+            rows.setdefault(line.split(" | ")[0].strip("| `"), line)
+    # mean ± sample std over 3 seeds, seed count; the best mean of the row in bold
+    assert "| `maze2d-umaze` | **110.0 ± 10.0** (3) | 62.0 ± 2.0 (3) |" in md
+    assert "| `maze2d-medium` | **120.0 ± 10.0** (3) | — |" in md
+    assert "| `maze2d-large` | 130.0 ± 10.0 (3) | **142.0 ± 2.0** (3) |" in md
+    assert "| **average** | **120.0** | — |" in md  # DT lacks maze2d-medium: no average for it
+    # published numbers in their own labelled columns, never in ours
+    header = next(line for line in md.splitlines() if line.startswith("| task | mage | dt |"))
+    assert header.endswith("| paper: MAGE (D4RL original data) | paper: Diffuser | paper: HD | "
+                           "reported: DT (single-file DT) |")
+    assert rows["maze2d-umaze"].endswith("| 113.9 | 128.4 | 18.1 |")
+    assert "153.3" in md and "155.0" in md and "132.1" in md and "165.5" in md
+    assert "Not directly comparable" in md and "regenerated" in md
+    # multi2d: diffuser alone, with the canonical rows kept for the published numbers
+    assert "| `multi2d-umaze` | **70.0** (1) |" in md and "| `multi2d-large` | — |" in md
+    # ablation table, timing table, provenance
+    assert "| `maze2d-large` | **130.0 ± 10.0** (3) | 90.0 (1) | -40.0 |" in md
+    assert "`--scales [32]`" in md
+    assert "| `maze2d-umaze` | mage | 3 | 1000 | 4.0 ± 2.0 | 2.00 ± 0.00 | 50 | NVIDIA H100 80GB HBM3 |" in md
+    assert "**17** result files" in md and "| `aaa111` | 16 |" in md and "| `bbb222` | 1 |" in md
+    # deterministic: same bytes twice, markdown and every PNG
+    pngs = sorted(p.name for p in (tmp_path / "a" / "plots").glob("*.png"))
+    assert pngs == ["curves_maze2d-large.png", "curves_maze2d-medium.png", "curves_maze2d-umaze.png",
+                    "curves_multi2d-umaze.png", "scores_maze2d.png", "scores_multi2d.png"]
+    for name in ["RESULTS.md", "README.md"] + [f"plots/{p}" for p in pngs]:
+        a, b = (tmp_path / "a" / name).read_bytes(), (tmp_path / "b" / name).read_bytes()
+        assert a == b, name
+    assert (tmp_path / "a" / "plots" / pngs[0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # README: only the marked block is written, with the main table and a plot link
+    readme = (tmp_path / "a" / "README.md").read_text()
+    assert readme.startswith("# Project\n\nText that must stay.\n\n<!-- results:start -->")
+    block = readme[readme.index(tables.START):readme.index(tables.END)]
+    assert "**110.0 ± 10.0** (3)" in block and "Multi2D" in block and "(plots/scores_maze2d.png)" in block
+    assert readme.count(tables.START) == 1
+
+
+def test_check_detects_changed_missing_and_stale_files(small_results, tmp_path, capsys):
+    results = small_results
+    out = tmp_path / "out"
+    assert generate(results, out) == 0
+    assert generate(results, out, "--check") == 0
+    readme = out / "README.md"
+    readme.write_text(readme.read_text().replace("Text that must stay.", "Edited outside the block."))
+    assert generate(results, out, "--check") == 0  # text outside the markers is not ours
+    md = out / "RESULTS.md"
+    original = md.read_bytes()
+    md.write_bytes(original.replace(b"105.0", b"106.0"))
+    assert generate(results, out, "--check") == 1
+    assert "RESULTS.md" in capsys.readouterr().err
+    md.write_bytes(original)
+    png = out / "plots" / "scores_maze2d.png"
+    png.write_bytes(png.read_bytes() + b"\0")
+    assert generate(results, out, "--check") == 1
+    assert generate(results, out) == 0 and generate(results, out, "--check") == 0
+    (out / "plots" / "curves_gone-task.png").write_bytes(b"old")
+    assert generate(results, out, "--check") == 1
+    assert generate(results, out) == 0 and not (out / "plots" / "curves_gone-task.png").exists()
+    write_result(results, "dt", "multi2d-umaze", 0, 50.0)  # a new result file: outputs are stale
+    assert generate(results, out, "--check") == 1
+
+
+def test_committed_tables_are_up_to_date():
+    """benchmarks/RESULTS.md, README's block and benchmarks/plots match benchmarks/results/ (regenerate with
+    `python benchmarks/tables.py` after adding result files)."""
+    if not (ROOT / "benchmarks" / "RESULTS.md").exists():
+        pytest.skip("benchmarks/RESULTS.md not generated yet")
+    assert tables.main(["--check"]) == 0
+
+
+# ----------------------------------------------------------------------------- sweeps
+SWEEP_GRID_TASKS = ["maze2d-umaze", "maze2d-medium", "maze2d-large", "multi2d-umaze", "multi2d-medium",
+                    "multi2d-large"]
+
+
+def sweep_values(spec: dict) -> list:
+    return list(spec["values"]) if "values" in spec else [spec["value"]]
+
+
+def test_sweeps_parse_and_name_existing_programs_configs_and_fields():
+    pytest.importorskip("wandb")
+    from wandb.sdk.launch.sweeps.utils import create_sweep_command_args  # how an agent formats the arguments
+
+    run = tables.load_run_module()
+    sweeps = sorted((ROOT / "configs" / "sweeps").glob("*.yaml"))
+    assert {p.stem for p in sweeps} >= {"mage", "dt", "diffuser", "iql", "bc", "mage-ablation"}
+    grid = set()
+    for path in sweeps:
+        sweep = yaml.safe_load(path.read_text())
+        assert sweep["method"] == "grid", path
+        assert (ROOT / sweep["program"]).is_file(), path
+        assert sweep["command"] == ["${env}", "python", "${program}", "${args}"], path
+        params = sweep["parameters"]
+        names, tasks, seeds = (sweep_values(params[k]) for k in ("algo", "task", "seed"))
+        extra = {k: sweep_values(v) for k, v in params.items() if k not in ("algo", "task", "seed")}
+        for name in names:
+            algo, _ = run.VARIANTS.get(name, (name, []))
+            fields = set(load_algorithm(algo).TrainConfig.__dataclass_fields__)
+            assert set(extra) <= fields, f"{path.name}: {set(extra) - fields} are not fields of {algo}'s TrainConfig"
+            for task in tasks:
+                assert (ROOT / "configs" / algo / f"{task}.yaml").is_file(), f"{path.name}: no configs/{algo}/{task}"
+        grid |= set(itertools.product(names, tasks, seeds))
+        # every grid point, with the arguments a W&B agent passes (--key=value), gives run.py's command
+        agent = load_script("sweep_agent")
+        for values in itertools.product(*(sweep_values(v) for v in params.values())):
+            point = dict(zip(params, values))
+            flags = create_sweep_command_args({"args": {k: {"value": v} for k, v in point.items()}})["args"]
+            cmd, result, _ = agent.build_command(flags)
+            algo = run.VARIANTS.get(point["algo"], (point["algo"], []))[0]
+            assert cmd[1:4] == [str(ROOT / "algorithms" / f"{algo}.py"), "--config",
+                                str(ROOT / "configs" / algo / f"{point['task']}.yaml")]
+            assert result.parent == ROOT / "benchmarks" / "results" / point["algo"] / point["task"]
+            assert all(f"--{k}={point[k]}" in cmd for k in extra), (cmd, extra)
+    # the same grid as benchmarks/run.py's full comparison and MAGE's ablation
+    expected = set(itertools.product(["mage", "dt", "diffuser", "iql", "bc"], SWEEP_GRID_TASKS, [0, 1, 2]))
+    expected |= set(itertools.product(["mage", "mage-k1", "mage-nodeccond"], ["maze2d-large"], [0, 1, 2]))
+    assert grid == expected
+
+
+def test_sweep_agent_builds_run_py_command():
+    agent = load_script("sweep_agent")
+    run = tables.load_run_module()
+    cmd, result, _ = agent.build_command(["--algo=mage-k1", "--task=maze2d-large", "--seed=2",
+                                          "--wandb_mode=online", "--eval_episodes=50"])
+    job = run.build_jobs(["mage-k1"], ["maze2d-large"], [2], ROOT / "configs")[0]
+    args = type("A", (), dict(results_dir=str(ROOT / "benchmarks" / "results"), out_dir=str(ROOT / "runs"),
+                              config_dir=str(ROOT / "configs"), extra=["--wandb_mode=online", "--eval_episodes=50"]))
+    assert (cmd, result) == run.command(job, args)
+    assert cmd[1] == str(ROOT / "algorithms" / "mage.py")
+    assert cmd[2:4] == ["--config", str(ROOT / "configs" / "mage" / "maze2d-large.yaml")]
+    assert "--scales" in cmd and cmd[-2:] == ["--wandb_mode=online", "--eval_episodes=50"]
+    assert result == ROOT / "benchmarks" / "results" / "mage-k1" / "maze2d-large" / "seed2.json"
+
+
+# ----------------------------------------------------------------------------- W&B offline
+def read_wandb_records(path: Path):
+    """Records of a W&B transaction log (.wandb: a 7-byte header, then LevelDB-log framed protobuf records)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data = path.read_bytes()
+    assert data[:4] == b":W&B"
+    block, pos, pending, records = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        if left < 7:  # block trailer
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        pos += 7
+        chunk = data[pos:pos + length]
+        pos += length
+        if kind == 0:  # zero padding to the end of the block
+            pos += left - 7 - length
+            continue
+        pending = chunk if kind in (1, 2) else pending + chunk
+        if kind in (1, 4):  # FULL or LAST
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            records.append(record)
+    return records
+
+
+def test_wandb_offline_run_logs_metrics(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    from shared.logger import Logger
+
+    monkeypatch.setenv("WANDB_MODE", "offline")  # the suite runs with W&B disabled; this test turns it on
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_CONSOLE", "off")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+
+    @dataclass
+    class Config:
+        task: str = "maze2d-umaze"
+        seed: int = 3
+
+    logger = Logger(Config(), "mage", tmp_path, wandb_mode="offline")
+    assert logger.wandb is not None
+    logged = {10: {"train/loss": 0.5, "eval/normalized_score": 12.5},
+              20: {"train/loss": 0.25, "eval/normalized_score": 40.0},
+              30: {"train/loss": 0.125, "eval/normalized_score": 77.5}}
+    for step, metrics in logged.items():
+        logger.log(metrics, step)
+    logger.finish({"normalized_score": 77.5, "device": "cpu"})
+    import wandb
+
+    wandb.teardown()
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and runs[0].name.endswith("mage-maze2d-umaze-seed3-" + runs[0].name.split("-")[-1])
+    records = read_wandb_records(next(runs[0].glob("*.wandb")))
+    history = {}
+    for r in records:
+        if r.WhichOneof("record_type") == "history":
+            row = {"/".join(item.nested_key) or item.key: json.loads(item.value_json) for item in r.history.item}
+            history[row["_step"]] = {k: v for k, v in row.items() if not k.startswith("_")}
+    assert history == logged
+    run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+    config = {u.key: json.loads(u.value_json) for u in run.config.update}
+    assert config["algo"] == "mage" and config["task"] == "maze2d-umaze" and config["seed"] == 3
+    assert run.run_group == "maze2d-umaze"
+    summary = {}
+    for r in records:
+        if r.WhichOneof("record_type") == "summary":
+            summary.update({"/".join(u.nested_key) or u.key: json.loads(u.value_json) for u in r.summary.update})
+    assert summary["normalized_score"] == 77.5 and summary["device"] == "cpu"
+    # the local copy of the history that tables can be rebuilt from
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(row["step"], row["eval/normalized_score"]) for row in lines] == [(10, 12.5), (20, 40.0), (30, 77.5)]
+
+
+# ----------------------------------------------------------------------------- speed
+def test_speed_quick_writes_all_keys(tmp_path):
+    speed = load_script("speed")
+    out = tmp_path / "speed.json"
+    assert speed.main(["--quick", "--device", "cpu", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    for key in ("device", "torch", "git_commit", "settings", "mage_sweeps", "ratios", "budget"):
+        assert key in data, key
+    assert data["quick"] is True and data["device_type"] == "cpu"
+    fp32 = data["settings"]["fp32"]
+    for algo in ("mage", "dt", "diffuser"):
+        entry = fp32[algo]
+        assert entry["params_m"] > 0 and entry["training"]["steps_per_s"] > 0
+        for batch in ("batch1", "batch64"):
+            assert entry["latency"][batch]["per_action_ms"] > 0
+    lat = fp32["diffuser"]["latency"]["batch1"]
+    assert lat["per_plan_ms"] > 0 and lat["amortised_per_action_ms"] < lat["per_plan_ms"]
+    assert lat["denoising_steps"] == fp32["diffuser"]["config"]["n_diffusion_steps"]
+    assert set(fp32["mage"]["training"]["per_stage_steps_per_s"]) == {"autoencoder", "transformer", "end_to_end"}
+    sweeps = data["mage_sweeps"]
+    assert [r["horizon"] for r in sweeps["horizon_sweep"]] == list(speed.QUICK.horizons)
+    assert all(r["scales"][-1] == r["horizon"] // r["patch"] for r in sweeps["horizon_sweep"])
+    assert [r["K"] for r in sweeps["k_sweep"]] == list(speed.QUICK.ks)
+    assert sweeps["at_diffuser_horizon"]["horizon"] == fp32["diffuser"]["config"]["horizon"]
+    for key in ("diffuser_over_mage_latency", "mage_over_dt_latency", "diffuser_amortised_over_mage_latency"):
+        assert data["ratios"][key] > 0, key
+
+
+def test_k_scales_increase_and_end_at_the_latent_length():
+    speed = load_script("speed")
+    assert speed.pow2_scales(32) == [1, 2, 4, 8, 16, 32] and speed.pow2_scales(96)[-2:] == [64, 96]
+    for length in (8, 32, 128):
+        for k in range(1, min(length, 12) + 1):
+            s = speed.k_scales(length, k)
+            assert len(s) == k and s[-1] == length and s == sorted(set(s)) and s[0] >= 1
