@@ -94,6 +94,8 @@ def device_name(device: torch.device) -> str:
 
 def git_commit() -> str:
     """Commit of the code that ran ('unknown' outside a git checkout); '+dirty' marks local changes."""
+    if os.environ.get("MAGE_GIT_COMMIT"):  # copies without .git (e.g. a GPU machine) are told their commit
+        return os.environ["MAGE_GIT_COMMIT"]
     root = Path(__file__).resolve().parents[1]
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True)
