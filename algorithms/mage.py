@@ -80,6 +80,8 @@ class TrainConfig:
     adapter_dim: int = 64  # bottleneck width of the decoder adapters (trained in the end-to-end stage)
     action_horizon: int = 1  # actions predicted from one plan (replan_every <= action_horizon)
     gumbel_tau: float = 1.0  # Gumbel-Softmax temperature in end-to-end fine-tuning
+    e2e_free_running: bool = True  # stage 3 generates scale inputs itself (False: teacher-forced, the paper's reading
+    # is ambiguous; the teacher-forced head learnt to replay logged action noise in our first GPU runs)
     w_inv: float = 1.0  # weight of L_inv (action from the latent)
     w_cond: float = 1.0  # weight of L_cond (first decoded step matches the condition)
     w_ce: float = 1.0  # weight of the token cross-entropy kept during end-to-end fine-tuning
@@ -512,7 +514,12 @@ def end_to_end_loss(model: MAGE, batch: dict, config: TrainConfig):
         inputs = model.teacher_inputs(zs)
     logits = model.transformer(cond, inputs)
     ce = F.cross_entropy(logits.float().flatten(0, 1), torch.cat(idx_list, 1).flatten())
-    f_gen, _ = model.transformer.generate(cond, model.vq, gumbel_tau=config.gumbel_tau)
+    if config.e2e_free_running:
+        f_gen, _ = model.transformer.generate(cond, model.vq, gumbel_tau=config.gumbel_tau)
+    else:  # teacher-forced: sample every scale's tokens from logits computed on the true coarser scales
+        onehot = F.gumbel_softmax(logits.float(), tau=config.gumbel_tau, hard=True)
+        b = model.transformer.bounds
+        f_gen = sum(model.vq.embed_scale(k, onehot=onehot[:, b[k]:b[k + 1]]) for k in range(len(b) - 1))
     A = config.action_horizon
     inv = masked_mse(model.inverse(f_gen, cond), batch["actions"][:, :A], mask[:, :A])
     loss = config.w_ce * ce + config.w_inv * inv

