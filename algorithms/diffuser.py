@@ -84,6 +84,7 @@ class TrainConfig:
     ema_start: int = 1000  # before this step the EMA copies the weights
     bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     compile: bool = False  # CUDA: torch.compile the training denoiser (reduce-overhead: CUDA graphs; ~20 s to build)
+    cpu_threads: int = 0  # CPU runs: torch threads (0: torch's default); 1 avoids thread thrashing on a busy machine
     log_every: int = 200  # steps between logged training metrics
     checkpoint_every: int = 5000  # steps between checkpoints (and at the end)
     # --- evaluation
@@ -432,7 +433,8 @@ def training_conditions(model: Diffuser, goal_conditioned: bool, device: torch.d
 def train(config: TrainConfig, data: TrajectoryData, model: Diffuser, ema: EMA, run_dir: Path, logger: Logger,
           device: torch.device, evaluate_fn=None) -> int:
     """Train from the newest checkpoint (if resuming) to train_steps; returns the final step."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=device.type == "cuda")
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=device.type == "cuda" or None,
+                                 foreach=device.type != "cuda" or None)
     step = 0
     if config.resume:
         state = load_latest_checkpoint(run_dir, map_location=device)
@@ -587,6 +589,8 @@ def main(config: TrainConfig) -> dict:
     device = resolve_device(config.device)
     torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest 1-D convolutions
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on CUDA (convolutions use TF32 already)
+    if device.type == "cpu" and config.cpu_threads > 0:
+        torch.set_num_threads(config.cpu_threads)
     set_seed(config.seed)
     run_dir = prepare_run_dir(config, "diffuser")
     data = load_data(config, device)
