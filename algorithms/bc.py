@@ -52,7 +52,7 @@ class TrainConfig:
     dataset_path: Optional[str] = None  # a D4RL-format HDF5 file to train on instead of the task's default data
     dataset_size: Optional[int] = None  # transitions of embedded data to generate/use (None: the task's full size)
     dataset_seed: int = 0  # seed of the embedded dataset generator
-    filter_top_fraction: float = 1.0  # keep the trajectories with the top returns (0.1 = "10% BC"; 1.0 = all)
+    filter_top_fraction: float = 1.0  # keep the trajectories with the top returns (0.1 = 10 percent BC; 1.0 = all)
     # --- model
     policy: str = "mse"  # "mse": deterministic tanh MLP (CORL's BC); "gaussian": tanh-Gaussian, max likelihood
     hidden_dim: int = 256  # width of the MLP's hidden layers

@@ -78,7 +78,9 @@ class D4RLEnv:
             import d4rl  # noqa: F401  (registers the D4RL envs)
             import gym
         except Exception as e:
-            raise RuntimeError(
+            from shared.utils import RunError  # (a RuntimeError) run_main prints it as one line; lazy: imports torch
+
+            raise RunError(
                 f"evaluating the original D4RL task '{task.name}' requires the `gym` and `d4rl` packages ({e})"
             ) from None
         self.env = gym.make(task.env_id)

@@ -7,6 +7,7 @@ committed benchmark files ``benchmarks/results/<algo>/<task>/seed<k>.json`` use 
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import os
 import time
@@ -14,6 +15,11 @@ from pathlib import Path
 from typing import Any, Optional
 
 from shared.utils import RunError, atomic_write_json, git_commit
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no run-folder lock
+    fcntl = None
 
 RESULT_KEYS = (
     "algo", "task", "seed", "dataset", "normalized_score", "normalized_score_std", "return_mean", "return_std",
@@ -115,12 +121,42 @@ def write_result(path: Path, result: dict, overwrite: bool = False) -> Path:
 
 
 def prepare_run_dir(config: Any, algo: str) -> Path:
-    """``out_dir/algo/task/seedK``; refuses to start over a run that has checkpoints unless resuming."""
+    """``out_dir/algo/task/seedK``; refuses to start over a run that has checkpoints unless resuming, in a folder
+    that another live process uses, or when ``results_path`` already exists."""
     run_dir = Path(config.out_dir) / algo / config.task / f"seed{config.seed}"
     if not config.resume and any(run_dir.glob("checkpoint_*.pt")):
         raise RunError(f"{run_dir} already holds checkpoints; pass --resume true to continue or pick another out_dir")
+    results_path = getattr(config, "results_path", None)
+    if results_path and Path(results_path).exists():  # refuse now, not after hours of training (write_result would)
+        raise RunError(f"result file {results_path} already exists; refusing to start a run that could not write it "
+                       "(remove it or pick another results_path)")
     run_dir.mkdir(parents=True, exist_ok=True)
+    _lock_run_dir(run_dir)
     return run_dir
+
+
+_RUN_LOCKS: dict[str, int] = {}  # run folders this process holds -> fd of their lock; the OS frees it at exit
+
+
+def _lock_run_dir(run_dir: Path) -> None:
+    """One process per run folder: a second run started (or resumed) while the first is alive is refused."""
+    key = str(run_dir.resolve())
+    if fcntl is None or key in _RUN_LOCKS:
+        return
+    fd = os.open(run_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EAGAIN, errno.EACCES):  # a filesystem without locks: go on unlocked
+            os.close(fd)
+            return
+        owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise RunError(f"{run_dir} is in use by another running process (pid {owner}); wait for it to finish "
+                       "or pick another out_dir") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    _RUN_LOCKS[key] = fd
 
 
 def finish_run(algo: str, config: Any, run_dir: Path, logger: Logger, dataset_info: dict, eval_result: Any,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,64 @@ class RunError(RuntimeError):
     """An error that the entry point reports as one line (bad config, missing GPU, NaN loss, ...)."""
 
 
+def _strict_int(value: Any) -> int:
+    """pyrallis' default ``int`` turns 1.5 into 1; accept only whole numbers (1000, "1e6", 1.0e+6)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    number = value
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            try:
+                number = float(value)
+            except ValueError:
+                number = None
+    if isinstance(number, float) and number.is_integer():
+        return int(number)
+    raise ValueError(f"expected a whole number, got {value!r}")
+
+
+def _strict_bool(value: Any) -> bool:
+    """pyrallis' default ``bool`` makes any non-empty string True ("maybe", "false" in quotes)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("true", "yes", "on", "1"):
+        return True
+    if text in ("false", "no", "off", "0"):
+        return False
+    raise ValueError(f"expected true or false, got {value!r}")
+
+
+def _strict_float(value: Any) -> float:
+    """pyrallis' default ``float`` takes true/false as 1.0/0.0."""
+    if isinstance(value, bool):
+        raise ValueError(f"expected a number, got {value!r}")
+    return float(value)
+
+
+pyrallis.decode.register(int, _strict_int)
+pyrallis.decode.register(bool, _strict_bool)
+pyrallis.decode.register(float, _strict_float)
+_PARSE_ERROR = re.compile(r"value='(?P<value>.*?)' into field \"[^\"]*?\.?(?P<field>\w+)\" of type (?P<type>.+?)\.\s")
+
+
+def _config_error_line(exc: Exception, config_class: type) -> str:
+    text = str(exc).strip()
+    match = _PARSE_ERROR.search(text)
+    if match:  # wrong type: name the field, the expected type and the value
+        kind = re.sub(r"<class '(?:[\w.]+\.)?(\w+)'>", r"\1", match["type"]).replace("typing.", "")
+        return f"config error: field '{match['field']}' expects {kind}, got '{match['value']}'"
+    line = f"config error: {' '.join(text.split()) or repr(exc)}"
+    if "do not belong" in text:  # unknown key in the yaml file: list the valid ones
+        known = ", ".join(f.name for f in config_class.__dataclass_fields__.values())  # type: ignore[attr-defined]
+        line += f" (valid fields: {known})"
+    return line
+
+
 def parse_config(config_class: Type[T], args: Optional[list[str]] = None) -> T:
     """Parse ``--config file.yaml`` plus ``--field value`` overrides into ``config_class`` (pyrallis).
 
@@ -35,9 +94,7 @@ def parse_config(config_class: Type[T], args: Optional[list[str]] = None) -> T:
     except SystemExit:
         raise
     except Exception as exc:  # pyrallis raises bare Exceptions for unknown keys
-        msg = str(exc).strip().splitlines()
-        known = ", ".join(f.name for f in config_class.__dataclass_fields__.values())  # type: ignore[attr-defined]
-        print(f"config error: {msg[0] if msg else exc!r} (valid fields: {known})", file=sys.stderr)
+        print(_config_error_line(exc, config_class), file=sys.stderr)
         raise SystemExit(2) from None
 
 
@@ -46,7 +103,7 @@ def run_main(main: Callable[[T], Any], config_class: Type[T]) -> None:
     config = parse_config(config_class)
     try:
         main(config)
-    except (RunError, ValueError, KeyError, FileNotFoundError) as exc:
+    except (RunError, ValueError, KeyError, OSError) as exc:  # OSError: disk full, permissions, missing file
         text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         print(f"error: {text}", file=sys.stderr)
         raise SystemExit(1) from None
@@ -150,10 +207,14 @@ def save_checkpoint(run_dir: Path, step: int, state: dict, keep: int = 2) -> Pat
     path = run_dir / f"checkpoint_{step:09d}.pt"
     tmp = path.with_name(f".{path.name}.tmp")
     run_dir.mkdir(parents=True, exist_ok=True)
-    torch.save({"step": step, **state}, tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        torch.save({"step": step, **state}, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # disk full, interrupted: no half-written temp file left behind
+        tmp.unlink(missing_ok=True)
+        raise
     for old in sorted(run_dir.glob("checkpoint_*.pt"))[:-keep]:
         old.unlink(missing_ok=True)
     return path
