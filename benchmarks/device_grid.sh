@@ -2,6 +2,8 @@
 # One GPU-machine session of the benchmark grid (used with the device tool; works on any CUDA host):
 # generate the embedded datasets, then start the grid detached so it outlives this shell.
 # usage: bash benchmarks/device_grid.sh GPUS   (e.g. 0,1,2,3)   results -> /tmp/results, logs -> /tmp/runs/logs
+# The host needs this repo's requirements besides torch; gymnasium's mujoco envs also import glfw (pip wheel).
+# The runs are detached: keep the host alive until /tmp/results is collected (a released host kills them).
 set -u
 GPUS=${1:-0}
 export WANDB_MODE=${WANDB_MODE:-disabled} MAGE_DATA_DIR=${MAGE_DATA_DIR:-/tmp/data} PYTHONUNBUFFERED=1
