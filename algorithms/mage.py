@@ -80,6 +80,8 @@ class TrainConfig:
     adapter_dim: int = 64  # bottleneck width of the decoder adapters (trained in the end-to-end stage)
     action_horizon: int = 1  # actions predicted from one plan (replan_every <= action_horizon)
     gumbel_tau: float = 1.0  # Gumbel-Softmax temperature in end-to-end fine-tuning
+    e2e_token_temperature: float = 1.0  # stage-3 token choice: 1 = Gumbel samples of the transformer's distribution;
+    # 0 = argmax tokens (as evaluation plans) with the straight-through softmax gradient
     e2e_free_running: bool = True  # stage 3 generates scale inputs itself (False: teacher-forced, the paper's reading
     # is ambiguous; the teacher-forced head learnt to replay logged action noise in our first GPU runs)
     w_inv: float = 1.0  # weight of L_inv (action from the latent)
@@ -397,10 +399,11 @@ class MultiScaleTransformer(nn.Module):
             h = block(h, c, self.mask)
         return self.logits(h, c)
 
-    def generate(self, cond: torch.Tensor, vq: MultiScaleVQ, temperature: float = 0.0, gumbel_tau: float = 0.0):
+    def generate(self, cond: torch.Tensor, vq: MultiScaleVQ, temperature: float = 0.0, gumbel_tau: float = 0.0,
+                 sample_temperature: float = 1.0):
         """K forward passes (one per scale) with a KV cache. Returns (f_hat [B, dim, L], token maps).
 
-        gumbel_tau > 0 samples straight-through Gumbel-Softmax one-hots, so the whole generation stays
+        gumbel_tau > 0 makes straight-through one-hots (``relaxed_onehot``), so the whole generation stays
         differentiable (end-to-end stage); otherwise argmax (temperature 0) or sampling, under no_grad at test time.
         """
         c = self.cond_embed(cond)
@@ -412,7 +415,7 @@ class MultiScaleTransformer(nn.Module):
                 h = block(h, c, None, cache)  # new tokens see all cached (coarser) ones and their own scale
             logits = self.logits(h, c).float()
             if gumbel_tau > 0:
-                onehot = F.gumbel_softmax(logits, tau=gumbel_tau, hard=True)
+                onehot = relaxed_onehot(logits, gumbel_tau, sample_temperature)
                 idx_list.append(onehot.argmax(-1))
                 z = vq.embed_scale(k, onehot=onehot)
             else:
@@ -426,6 +429,16 @@ class MultiScaleTransformer(nn.Module):
             if k + 1 < len(self.scales):
                 h = self.embed(c, vq.next_input(f_hat, k).to(c.dtype), k + 1, k + 2)
         return f_hat, idx_list
+
+
+def relaxed_onehot(logits: torch.Tensor, tau: float, sample_temperature: float) -> torch.Tensor:
+    """Straight-through one-hot tokens: the forward pass uses hard tokens, the backward pass softmax(logits / tau).
+    sample_temperature > 0 draws them (Gumbel-Softmax on logits / sample_temperature); 0 takes the argmax."""
+    if sample_temperature > 0:
+        return F.gumbel_softmax(logits / sample_temperature, tau=tau, hard=True)
+    soft = F.softmax(logits / tau, -1)
+    hard = F.one_hot(soft.argmax(-1), soft.shape[-1]).to(soft.dtype)
+    return hard - soft.detach() + soft
 
 
 # ============================================================================ (3) MAGE = the three parts together
@@ -515,9 +528,10 @@ def end_to_end_loss(model: MAGE, batch: dict, config: TrainConfig):
     logits = model.transformer(cond, inputs)
     ce = F.cross_entropy(logits.float().flatten(0, 1), torch.cat(idx_list, 1).flatten())
     if config.e2e_free_running:
-        f_gen, _ = model.transformer.generate(cond, model.vq, gumbel_tau=config.gumbel_tau)
-    else:  # teacher-forced: sample every scale's tokens from logits computed on the true coarser scales
-        onehot = F.gumbel_softmax(logits.float(), tau=config.gumbel_tau, hard=True)
+        f_gen, _ = model.transformer.generate(cond, model.vq, gumbel_tau=config.gumbel_tau,
+                                              sample_temperature=config.e2e_token_temperature)
+    else:  # teacher-forced: every scale's tokens come from logits computed on the true coarser scales
+        onehot = relaxed_onehot(logits.float(), config.gumbel_tau, config.e2e_token_temperature)
         b = model.transformer.bounds
         f_gen = sum(model.vq.embed_scale(k, onehot=onehot[:, b[k]:b[k + 1]]) for k in range(len(b) - 1))
     A = config.action_horizon
