@@ -232,8 +232,10 @@ class MultiScaleVQ(nn.Module):
 
     def forward(self, f: torch.Tensor):
         """Quantise f [B, dim, L]. Returns (f_hat with straight-through gradient, token maps, VQ loss, z_k list)."""
-        if self.training and not bool(self.initialised):
-            self._init_from(f)
+        if self.training and not getattr(self, "_ready", False):  # checked once: bool() would sync every step
+            if not bool(self.initialised):
+                self._init_from(f)
+            self._ready = True
         f_ng = f.detach()
         resid, f_hat = f_ng.clone(), torch.zeros_like(f_ng)
         idx_list, zs, loss = [], [], f.new_zeros(())
@@ -248,7 +250,7 @@ class MultiScaleVQ(nn.Module):
             # codebook/phi move towards f; the encoder commits to the current f_hat
             loss = loss + F.mse_loss(f_hat, f_ng) + self.beta * F.mse_loss(f_hat.detach(), f)
             if self.training:
-                self.usage += torch.bincount(idx.flatten(), minlength=self.usage.numel()).float()
+                self.usage.index_add_(0, idx.flatten(), torch.ones_like(idx.flatten(), dtype=self.usage.dtype))
                 self._last_resid = r_k.detach()
         f_st = f + (f_hat - f).detach()  # straight-through to the encoder
         return f_st, idx_list, loss / len(self.scales), zs
@@ -485,7 +487,7 @@ def autoencoder_loss(model: MAGE, batch: dict, config: TrainConfig, per_scale: b
     A = config.action_horizon
     inv = masked_mse(act, batch["actions"][:, :A], mask[:, :A])
     loss = recon + vq_loss + config.w_inv * inv
-    stats = {"ae/recon": recon.item(), "ae/vq": vq_loss.item(), "ae/inv": inv.item()}
+    stats = {"ae/recon": recon.detach(), "ae/vq": vq_loss.detach(), "ae/inv": inv.detach()}  # tensors: no sync
     if per_scale:  # reconstruction from the first k scales only: should fall as k grows
         with torch.no_grad():
             partial = torch.zeros_like(zs[0])
@@ -509,7 +511,7 @@ def transformer_loss(model: MAGE, batch: dict):
     target = torch.cat(idx_list, 1)
     ce = F.cross_entropy(logits.float().flatten(0, 1), target.flatten())
     acc = (logits.argmax(-1) == target).float().mean()
-    return ce, {"tf/ce": ce.item(), "tf/token_acc": acc.item()}
+    return ce, {"tf/ce": ce.detach(), "tf/token_acc": acc}
 
 
 def end_to_end_loss(model: MAGE, batch: dict, config: TrainConfig):
@@ -537,11 +539,11 @@ def end_to_end_loss(model: MAGE, batch: dict, config: TrainConfig):
     A = config.action_horizon
     inv = masked_mse(model.inverse(f_gen, cond), batch["actions"][:, :A], mask[:, :A])
     loss = config.w_ce * ce + config.w_inv * inv
-    cond_err = torch.zeros(())
+    cond_err = ce.new_zeros(())
     if config.decoder_condition:  # L_cond on the first decoded step, learnt by the adapters
         cond_err = F.mse_loss(model.decode(f_gen, cond)[:, 0].float(), x[:, 0].float())
         loss = loss + config.w_cond * cond_err
-    return loss, {"e2e/ce": ce.item(), "e2e/inv": inv.item(), "e2e/cond": cond_err.item()}
+    return loss, {"e2e/ce": ce.detach(), "e2e/inv": inv.detach(), "e2e/cond": cond_err.detach()}
 
 
 # ============================================================================ training
@@ -570,7 +572,8 @@ def make_optimizer(model: MAGE, stage: str, config: TrainConfig) -> torch.optim.
         lr = config.e2e_lr
     for p in params:
         p.requires_grad_(True)
-    return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+    fused = all(p.is_cuda for p in params)  # one kernel for the whole update: MAGE's step is launch-bound on a GPU
+    return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay, fused=fused)
 
 
 def lr_factor(step_in_stage: int, stage_steps: int, warmup: int) -> float:
@@ -628,10 +631,6 @@ def train(config: TrainConfig, data: TrajectoryData, model: MAGE, run_dir: Path,
             else:
                 model.encoder.eval(), model.vq.eval()
                 loss, stats = end_to_end_loss(model, batch, config)
-        if not torch.isfinite(loss):
-            last = sorted(run_dir.glob("checkpoint_*.pt"))
-            raise RunError(f"{stage} loss became {loss.item()} at step {step}; stopped, the last good checkpoint "
-                           f"is {last[-1] if last else 'none (no checkpoint written yet)'}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(
@@ -639,17 +638,25 @@ def train(config: TrainConfig, data: TrajectoryData, model: MAGE, run_dir: Path,
         optimizer.step()
         step += 1
         bar.update(1)
+        stage_end = step in (config.ae_steps, config.ae_steps + config.tf_steps, total)
+        save_now = step % config.checkpoint_every == 0 or stage_end
+        # NaN guard on log and checkpoint steps only (a check every step would sync the GPU every step); NaN
+        # weights stay NaN, so a bad step is still caught before any checkpoint could hold it
+        if (log_now or save_now) and not torch.isfinite(loss):
+            last = sorted(run_dir.glob("checkpoint_*.pt"))
+            raise RunError(f"{stage} loss became {loss.item()} by step {step}; stopped, the last good checkpoint "
+                           f"is {last[-1] if last else 'none (no checkpoint written yet)'}")
         if stage == "autoencoder" and config.dead_code_every and step % config.dead_code_every == 0:
             stats["ae/dead_codes_restarted"] = model.vq.restart_dead_codes()
         if log_now:
+            stats = {k: float(v) for k, v in stats.items()}
             logger.log({**stats, "train/loss": loss.item(), "train/grad_norm": grad_norm.item(),
                         "train/lr": optimizer.param_groups[0]["lr"]}, step)
             bar.set_postfix({k.split("/")[1]: f"{v:.3g}" for k, v in list(stats.items())[:3]})
             if bar.disable and time.time() - last_print > 30:  # no TTY (batch jobs): a plain line every 30 s
                 print(f"[mage] step {step}/{total} {stage} loss {loss.item():.4f}", flush=True)
                 last_print = time.time()
-        stage_end = step in (config.ae_steps, config.ae_steps + config.tf_steps, total)
-        if step % config.checkpoint_every == 0 or stage_end:
+        if save_now:
             save_checkpoint(run_dir, step, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
                                             "stage": stage, "rng": rng_state(), "config": vars(config).copy(),
                                             "obs_norm": data.obs_norm.state_dict()})
