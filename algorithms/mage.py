@@ -59,6 +59,8 @@ class TrainConfig:
     patch: int = 2  # temporal downsampling of the encoder: latent length L = horizon / patch (power of 2)
     discount: float = 0.99  # goal tasks: R_t = discount^(steps to the goal); reward tasks: RTG discount
     rtg_scale: float = 1.0  # reward tasks: returns-to-go are divided by this
+    goal_absorbing: bool = False  # goal tasks: a segment rests at its goal once it reaches it (see absorb_goal;
+    # tiny CPU runs: more time at the goal, fewer episodes reaching it; not yet tried at GPU scale)
     end_fraction: float = 0.0  # share of each batch starting in the last end_window steps of a trajectory
     end_window: int = 8  # goal tasks: the steps that reach the goal (the only data showing how to stop there)
     # --- (1) multi-scale autoencoder
@@ -106,6 +108,8 @@ class TrainConfig:
     eval_episodes_during: int = 20  # episodes of each evaluation during training
     num_eval_envs: int = 50  # environments stepped together (one batched plan per step)
     target_return: float = 1.0  # condition R at evaluation: goal tasks in [0, 1] (1 = at the goal); reward tasks raw
+    return_condition: bool = True  # goal tasks: condition on R_t besides (s_t, g) (False: R is only generated, since
+    # the hindsight R = discount^(steps to g) is fixed by (s, g) and a target of 1 far from g is out of distribution)
     replan_every: int = 1  # environment steps between plans
     temperature: float = 0.0  # token sampling temperature at evaluation (0: argmax)
 
@@ -120,6 +124,7 @@ class TrajectoryData:
     cond_dim: int
     goal_conditioned: bool
     info: dict  # dataset source and recipe, for the results file
+    rest_state: Optional[torch.Tensor] = None  # normalised state dims 2: of resting at a goal (maze: zero velocity)
 
 
 def load_data(config: TrainConfig, device: torch.device) -> TrajectoryData:
@@ -141,12 +146,41 @@ def load_data(config: TrainConfig, device: torch.device) -> TrajectoryData:
         goal_n = np.zeros((len(obs), 0), np.float32)
     x = np.concatenate([rtg[:, None], s], 1).astype(np.float32)
     cond = np.concatenate([x, goal_n], 1).astype(np.float32)  # (R_t, s_t [, g])
+    if task.goal_conditioned and not config.return_condition:
+        cond = cond[:, 1:]  # (s_t, g)
     buffer = SegmentBuffer({"x": x, "cond": cond, "actions": actions}, bounds, config.horizon, device,
                            end_window=config.end_window)
     print(f"[mage] {config.task}: {len(obs):,} transitions, {buffer.num_trajectories:,} trajectories, "
           f"data = {info['source']}")
+    rest = None  # (choice) maze states are (x, y, vx, vy): resting = zero velocity; other tasks hold the arrival state
+    if obs.shape[1] == 4:
+        rest = torch.as_tensor(obs_norm.normalize(np.zeros((1, 4), np.float32))[0, 2:], device=device)
     return TrajectoryData(buffer, obs_norm, obs.shape[1], actions.shape[1], cond.shape[1],
-                          task.goal_conditioned, info)
+                          task.goal_conditioned, info, rest)
+
+
+def absorb_goal(batch: dict, discount: float, rest_state: Optional[torch.Tensor]) -> dict:
+    """(choice) Goal tasks: the steps of a segment from its arrival at the (hindsight) goal on become "resting at
+    the goal": position of arrival, resting state, R = 1, action 0.
+
+    R_t = discount^(steps to the goal) tells where the goal is reached. Without this, every segment that starts at
+    its goal shows the data collector leaving for its next goal, so a plan conditioned on "at the goal" leaves it,
+    while the evaluation rewards every step spent there (and R already treats the goal as absorbing).
+    """
+    x, mask, horizon = batch["x"], batch["mask"], batch["x"].shape[1]
+    r0 = x[:, 0, 0].float()
+    hit = torch.where(r0 > 0, torch.round(torch.log(r0.clamp_min(1e-12)) / math.log(discount)),
+                      torch.full_like(r0, horizon)).long()  # step of arrival within the segment (H: none)
+    j = torch.arange(horizon, device=x.device)
+    after = j[None] > hit[:, None]  # [B, H]
+    at_hit = x.gather(1, hit.clamp(max=horizon - 1)[:, None, None].expand(-1, 1, x.shape[2]))
+    tail = at_hit[..., 3:] if rest_state is None else rest_state.to(x.dtype).expand_as(at_hit[..., 3:])
+    rest = torch.cat([torch.ones_like(at_hit[..., :1]), at_hit[..., 1:3], tail], -1)
+    out = dict(batch)
+    out["x"] = torch.where(after[..., None], rest, x)
+    out["mask"] = torch.maximum(mask, after.to(mask.dtype))  # resting past the trajectory's end is valid too
+    out["actions"] = torch.where((j[None] >= hit[:, None])[..., None], 0.0, batch["actions"])
+    return out
 
 
 # ============================================================================ (1) multi-scale trajectory autoencoder
@@ -393,8 +427,8 @@ class MultiScaleTransformer(nn.Module):
         scale, shift = self.head_ada(c).unsqueeze(1).chunk(2, dim=-1)
         return self.head(self.head_norm(h) * (1 + scale) + shift)
 
-    def forward(self, cond: torch.Tensor, scale_inputs: torch.Tensor) -> torch.Tensor:
-        """Teacher-forced logits [B, sum l_k, V]; scale_inputs [B, sum_{k>=2} l_k, code_dim]."""
+    def forward(self, cond: torch.Tensor, scale_inputs: Optional[torch.Tensor]) -> torch.Tensor:
+        """Teacher-forced logits [B, sum l_k, V]; scale_inputs [B, sum_{k>=2} l_k, code_dim] (None when K = 1)."""
         c = self.cond_embed(cond)
         h = self.embed(c, scale_inputs, 0, len(self.scales))
         for block in self.blocks:
@@ -464,13 +498,13 @@ class MAGE(nn.Module):
     def decode(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return self.decoder(z, cond if self.decoder_condition else torch.zeros_like(cond))
 
-    def teacher_inputs(self, zs: list[torch.Tensor]) -> torch.Tensor:
-        """Transformer inputs for scales 2..K from the true per-scale contributions z_k."""
+    def teacher_inputs(self, zs: list[torch.Tensor]) -> Optional[torch.Tensor]:
+        """Transformer inputs for scales 2..K from the true per-scale contributions z_k (None when K = 1)."""
         f_hat, inputs = torch.zeros_like(zs[0]), []
         for k in range(len(zs) - 1):
             f_hat = f_hat + zs[k]
             inputs.append(self.vq.next_input(f_hat, k))
-        return torch.cat(inputs, 1)
+        return torch.cat(inputs, 1) if inputs else None
 
 
 def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -621,6 +655,8 @@ def train(config: TrainConfig, data: TrajectoryData, model: MAGE, run_dir: Path,
             group["lr"] = base * lr_factor(step - start, length, config.warmup_steps)
         model.train()
         batch = data.buffer.sample(config.batch_size, end_fraction=config.end_fraction)
+        if data.goal_conditioned and config.goal_absorbing:
+            batch = absorb_goal(batch, config.discount, data.rest_state)
         log_now = (step + 1) % config.log_every == 0
         with autocast:
             if stage == "autoencoder":
@@ -694,6 +730,8 @@ class MagePolicy:
         if k == 0:
             s = self.data.obs_norm.normalize(obs.astype(np.float32))
             parts = [self.rtg[:, None], s] + ([self.goal_n] if self.data.goal_conditioned else [])
+            if self.data.goal_conditioned and not self.config.return_condition:
+                parts = parts[1:]
             cond = torch.as_tensor(np.concatenate(parts, 1), device=self.device)
             self.model.eval()
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.config.bf16 and self.device.type == "cuda"):

@@ -93,7 +93,7 @@ def main() -> None:
         else:
             todo.append(job)
     slots = [g for g in args.gpus.split(",") if g != ""] or [""]
-    slots = [g for g in slots for _ in range(args.per_gpu)]
+    slots = [g for _ in range(args.per_gpu) for g in slots]  # round-robin: consecutive jobs land on different GPUs
     log_dir = Path(args.out_dir) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     if args.dry_run:

@@ -484,7 +484,11 @@ def build(results_dir: Path, out: Path, readme: Optional[Path], plots_dir: Path)
                + "; ".join(f"`{c}`: {s}" for c, s in PAPER_SOURCES.items()) + ".", ""]
     md += ["## Training time, action latency and device", "",
            "Wall time of training (evaluation excluded); latency = median wall time of one `act` call of the "
-           "evaluation (all envs of a batch at once), mean over seeds; a `*` batch is derived from the config.", ""]
+           "evaluation (all envs of a batch at once), mean over seeds; a `*` batch is derived from the config. "
+           "Runs share their GPU with other runs of the grid (`benchmarks/device_grid.sh`: up to 12 per GPU under "
+           "MPS), so wall times are those of a busy GPU, not of one run alone. Diffuser plans once per episode "
+           "and then follows the plan, so its median `act` is a tracking step; its planning cost per call is in "
+           "`benchmarks/results/speed.json` (one GPU, one process).", ""]
     md += timing_table(cells, order_names(present), all_tasks) + [""]
     md += ["## Ablations", ""] + ablation_table(cells, variants, present) + [""]
     md += ["## Provenance", ""] + provenance(files, cells, skipped, results_label)

@@ -92,6 +92,35 @@ def test_kv_cache_generation_equals_teacher_forcing_on_its_own_tokens():
     assert torch.equal(logits.argmax(-1), torch.cat(idx, 1))
 
 
+def test_single_scale_k1_runs_every_stage():
+    """The K = 1 ablation (--scales [L]): no coarser scale feeds the transformer, every stage still trains."""
+    config, model = small_model(scales=[8])
+    batch = smooth_batch(batch=8)
+    for loss_fn in (lambda: mage.autoencoder_loss(model, batch, config), lambda: mage.transformer_loss(model, batch),
+                    lambda: mage.end_to_end_loss(model, batch, config)):
+        loss, _ = loss_fn()
+        assert torch.isfinite(loss)
+        loss.backward()
+    f_hat, idx = model.transformer.generate(batch["cond"][:, 0], model.vq)
+    assert f_hat.shape == (8, config.code_dim, 8) and len(idx) == 1
+
+
+def test_goal_absorbing_segments_rest_at_the_goal_after_arrival():
+    gamma, horizon = 0.99, 8
+    x = torch.randn(2, horizon, 5)
+    x[0, :, 0] = torch.tensor([gamma ** (3 - j) if j <= 3 else 0.2 for j in range(horizon)])  # arrives at step 3
+    x[1, :, 0] = 0.0  # never arrives
+    actions = torch.randn(2, horizon, 2)
+    batch = {"x": x, "mask": torch.ones(2, horizon), "cond": x, "actions": actions}
+    rest = torch.tensor([-0.5, 0.25])
+    out = mage.absorb_goal(batch, gamma, rest)
+    assert torch.equal(out["x"][:, :4], x[:, :4]) and torch.equal(out["x"][1], x[1])
+    assert torch.equal(out["x"][0, 4:, 1:3], x[0, 3:4, 1:3].expand(4, 2))  # position of arrival
+    assert torch.equal(out["x"][0, 4:, 3:], rest.expand(4, 2)) and torch.all(out["x"][0, 3:, 0] == 1)
+    assert torch.equal(out["actions"][0, :3], actions[0, :3]) and not out["actions"][0, 3:].any()
+    assert torch.equal(out["actions"][1], actions[1])
+
+
 def test_autoencoder_and_transformer_overfit_a_tiny_batch():
     config, model = small_model(lr=1e-3)
     batch = smooth_batch(batch=16)
