@@ -2,6 +2,8 @@
 
 import dataclasses
 import math
+import subprocess
+import sys
 
 import torch
 from conftest import ROOT, load_algorithm
@@ -172,3 +174,9 @@ def test_tiny_config_learns_and_beats_random(tmp_path):
     assert curve, "no training metrics were logged"
     # random policy = 0 (its 20-episode mean has std ~4), expert controller = 100
     assert final["normalized_score"] > 20.0, final["normalized_score"]
+    # the diagnosis script reads the run folder back and measures the policy's goal-reaching behaviour
+    run_dir = tmp_path / "mage/maze2d-umaze/seed0"
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/mage_diagnose.py"), str(run_dir), "--episodes", "4"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "inverse-dynamics head" in out.stdout and "controller on plan step 1" in out.stdout, out.stdout

@@ -1,0 +1,130 @@
+"""Why does a trained MAGE policy score what it scores? Behaviour statistics of one run on a goal task.
+
+    python benchmarks/mage_diagnose.py runs/mage/maze2d-umaze/seed0 [--episodes 20] [--set target_return=0.5 ...]
+
+Loads the newest checkpoint of a MAGE run folder (its config, models and normalisation) and evaluates
+  * the policy as trained (inverse dynamics on the generated latent): normalised score, share of episodes that reach
+    the goal, median steps to the first reward, share of the remaining steps spent at the goal, mean |action|;
+  * the same generated plans followed by Diffuser's maze controller instead of the inverse-dynamics head
+    (action = (s_plan[k] - s)[pos] + (s_plan[k] - s)[vel]): if this scores well the plans are good and the head is
+    the weak part, if not the plans themselves are;
+  * the action the policy takes at rest on the goal and 0.3 away from it (a policy that stays at its goal pushes
+    back towards it there).
+Numbers for the data (mean |action| of the dataset) are printed beside them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from shared.evaluation import evaluate, make_eval_env  # noqa: E402
+from shared.utils import RunError, load_latest_checkpoint  # noqa: E402
+
+_spec = importlib.util.spec_from_file_location("mage", ROOT / "algorithms" / "mage.py")
+mage = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(mage)
+
+
+class RecordingPolicy(mage.MagePolicy):
+    """MagePolicy that keeps the rewards it is shown and the size of its actions; ``track`` > 0 follows the decoded
+    plan's state ``track`` steps ahead with Diffuser's maze controller instead of the inverse-dynamics head."""
+
+    def __init__(self, *args, track: int = 0) -> None:
+        super().__init__(*args)
+        self.track, self.rewards, self.action_sizes = track, [], []
+
+    def reset(self, goals: np.ndarray) -> None:
+        super().reset(goals)
+        self.rewards, self.action_sizes = [], []
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, last_rewards: np.ndarray) -> np.ndarray:
+        self.rewards.append(np.asarray(last_rewards, np.float32).copy())
+        if not self.track:
+            action = super().act(obs, last_rewards)
+        else:
+            s = self.data.obs_norm.normalize(obs.astype(np.float32))
+            parts = [self.rtg[:, None], s, self.goal_n]
+            if not self.config.return_condition:
+                parts = parts[1:]
+            cond = torch.as_tensor(np.concatenate(parts, 1), device=self.device)
+            self.model.eval()
+            f_hat, _ = self.model.transformer.generate(cond, self.model.vq, self.config.temperature)
+            plan = self.model.decode(f_hat, cond)[:, self.track, 1:].float().cpu().numpy()
+            target = plan * self.data.obs_norm.std + self.data.obs_norm.mean
+            action = np.clip((target[:, :2] - obs[:, :2]) + (target[:, 2:4] - obs[:, 2:4]), -1.0, 1.0)
+        self.action_sizes.append(float(np.abs(action).mean()))
+        return action
+
+
+def behaviour(task: str, policy: RecordingPolicy, episodes: int, seed: int) -> dict:
+    result = evaluate(task, policy, episodes, seed, num_envs=episodes, progress=False)
+    rewards = np.stack(policy.rewards[1:])  # [T - 1, episodes]: reward of step t is shown at step t + 1
+    first = [int(np.argmax(col > 0)) if (col > 0).any() else -1 for col in rewards.T]
+    reached = [f for f in first if f >= 0]
+    at_goal = [float((col[f:] > 0).mean()) for col, f in zip(rewards.T, first) if f >= 0]
+    return {"score": result.score_mean, "reached": result.success_rate,
+            "first_reward_step_median": float(np.median(reached)) if reached else float("nan"),
+            "time_at_goal_after_arrival": float(np.mean(at_goal)) if at_goal else 0.0,
+            "mean_abs_action": float(np.mean(policy.action_sizes))}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run_dir", type=Path, help="a MAGE run folder: out_dir/mage/<task>/seed<k>")
+    p.add_argument("--episodes", type=int, default=20)
+    p.add_argument("--track", type=int, default=1, help="plan step followed by the controller (0: skip)")
+    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="evaluation-time config overrides")
+    args = p.parse_args()
+    state = load_latest_checkpoint(args.run_dir, map_location="cpu")
+    if state is None:
+        raise RunError(f"no readable checkpoint in {args.run_dir}")
+    fields = {f.name: f for f in dataclasses.fields(mage.TrainConfig)}
+    values = {k: v for k, v in state["config"].items() if k in fields}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        if key not in fields:
+            raise RunError(f"unknown config field '{key}'")
+        values[key] = type(values[key])(value) if not isinstance(values[key], bool) else value == "true"
+    config = mage.TrainConfig(**{**values, "device": "cpu"})
+    data = mage.load_data(config, torch.device("cpu"))
+    if not data.goal_conditioned:
+        raise RunError(f"{config.task} is not a goal task: this diagnosis measures goal reaching")
+    model = mage.MAGE(config, 1 + data.obs_dim, data.cond_dim, data.act_dim)
+    model.load_state_dict(state["model"])
+    model.eval()
+    device = torch.device("cpu")
+    print(f"data: mean |action| {np.abs(data.buffer.fields['actions'].numpy()).mean():.2f}")
+    rows = {"inverse-dynamics head": behaviour(config.task, RecordingPolicy(model, data, config, device),
+                                               args.episodes, config.eval_seed)}
+    if args.track:
+        rows[f"controller on plan step {args.track}"] = behaviour(
+            config.task, RecordingPolicy(model, data, config, device, track=args.track), args.episodes,
+            config.eval_seed)
+    for name, row in rows.items():
+        print(f"{name:28s} " + "  ".join(f"{k} {v:.2f}" for k, v in row.items()))
+    env = make_eval_env(config.task)
+    _, info = env.reset(seed=config.eval_seed)
+    goal = info["goal"]
+    policy = mage.MagePolicy(model, data, config, device)
+    for offset in [(0.0, 0.0), (0.3, 0.0), (-0.3, 0.0), (0.0, 0.3), (0.0, -0.3)]:
+        s = np.array([[goal[0] + offset[0], goal[1] + offset[1], 0.0, 0.0]], np.float32)
+        policy.reset(goal[None])
+        print(f"at rest {offset} from the goal: action {np.round(policy.act(s, np.zeros(1, np.float32))[0], 2)}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except RunError as exc:  # one clear line, as the training scripts do
+        sys.exit(f"error: {exc}")
