@@ -197,7 +197,7 @@ def test_sweeps_parse_and_name_existing_programs_configs_and_fields():
             assert all(f"--{k}={point[k]}" in cmd for k in extra), (cmd, extra)
     # the same grid as benchmarks/run.py's full comparison and MAGE's ablation
     expected = set(itertools.product(["mage", "dt", "diffuser", "iql", "bc"], SWEEP_GRID_TASKS, [0, 1, 2]))
-    expected |= set(itertools.product(["mage", "mage-k1", "mage-nodeccond"], ["maze2d-large"], [0, 1, 2]))
+    expected |= set(itertools.product(["mage", *run.VARIANTS], ["maze2d-large"], [0, 1, 2]))
     assert grid == expected
 
 
