@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from shared.buffer import Normalizer, TransitionBuffer, returns_to_go, split_trajectories  # noqa: E402
 from shared.datasets import load_dataset  # noqa: E402
-from shared.evaluation import evaluate  # noqa: E402
+from shared.evaluation import evaluate, require_evaluation  # noqa: E402
 from shared.logger import Logger, finish_run, prepare_run_dir  # noqa: E402
 from shared.tasks import get_task  # noqa: E402
 from shared.utils import (  # noqa: E402
@@ -228,6 +228,7 @@ class BCPolicy:
 # ============================================================================ main
 def main(config: TrainConfig) -> dict:
     task = get_task(config.task)  # unknown task: one clear line
+    require_evaluation(task.name)  # a D4RL task without gym/d4rl fails now, not after training
     algo = algo_name(config)
     device = resolve_device(config.device)
     set_seed(config.seed)

@@ -130,6 +130,13 @@ def make_eval_env(task_name: str):
     return MazeEnv(task)
 
 
+def require_evaluation(task_name: str) -> None:
+    """Fail at the start of a run, not after hours of training, when the task cannot be evaluated here: the original
+    D4RL tasks need the `gym` and `d4rl` packages even when the dataset comes from a file (RunError, one line)."""
+    if get_task(task_name).source == "d4rl":
+        make_eval_env(task_name).close()
+
+
 def _normalize(task_name: str, value: float) -> float:
     try:
         return float(normalized_score(task_name, value))

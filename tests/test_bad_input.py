@@ -3,6 +3,7 @@
 Every case runs ``python algorithms/bc.py ...`` as a real subprocess, as a user would; the cases run a few at a
 time (each is mostly interpreter start-up). More config and dataset cases are checked in-process below (cheap)."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -56,6 +57,8 @@ EXPECTED = {
     "nan_in_data": (1, ["error: dataset", "nan.hdf5", "'observations' contains NaN or inf"]),
     "truncated_file": (1, ["error: dataset", "cut.hdf5", "cannot read HDF5 file"]),
 }
+if importlib.util.find_spec("d4rl") is None:  # with d4rl installed this run would train instead
+    EXPECTED["d4rl_task_without_d4rl"] = (1, ["error: evaluating the original D4RL task 'hopper-medium-v2' requires"])
 
 
 @pytest.fixture(scope="module")
@@ -71,6 +74,7 @@ def outcomes(tmp_path_factory, data_dir):
         "nan_in_data": _write_hdf5(tmp / "nan.hdf5", observations=_nan_obs()),
         "truncated_file": tmp / "cut.hdf5",
     }
+    hopper = _write_hdf5(tmp / "hopper.hdf5", obs_dim=11, actions=np.zeros((50, 3), np.float32))
     args = {
         "unknown_key_yaml": ["--config", str(tmp / "bogus.yaml")],
         "unknown_key_cli": ["--config", "configs/bc/tiny.yaml", "--bogus_key", "3"],
@@ -79,7 +83,9 @@ def outcomes(tmp_path_factory, data_dir):
         "cuda_without_gpu": ["--device", "cuda"],
         **{case: ["--task", "maze2d-umaze", "--dataset_path", str(path), "--device", "cpu"]
            for case, path in data.items()},
+        "d4rl_task_without_d4rl": ["--task", "hopper-medium-v2", "--dataset_path", str(hopper), "--device", "cpu"],
     }
+    args = {case: a for case, a in args.items() if case in EXPECTED}
     assert args.keys() == EXPECTED.keys()
     # no GPU in any case (so --device cuda fails the same way on a GPU machine); never generate outside the cache
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "MAGE_DATA_DIR": str(data_dir), "WANDB_MODE": "disabled",
