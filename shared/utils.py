@@ -224,8 +224,10 @@ def save_checkpoint(run_dir: Path, step: int, state: dict, keep: int = 2) -> Pat
 
 
 def load_latest_checkpoint(run_dir: Path, map_location: Any = "cpu") -> Optional[dict]:
-    """Newest readable checkpoint in ``run_dir``; a corrupt one is reported and the previous one used."""
-    for path in sorted(Path(run_dir).glob("checkpoint_*.pt"), reverse=True):
+    """Newest readable checkpoint in ``run_dir``; a corrupt one is reported and the previous one used. None when there
+    is no checkpoint; RunError when there are some but none is readable (starting over would overwrite them)."""
+    paths = sorted(Path(run_dir).glob("checkpoint_*.pt"), reverse=True)
+    for path in paths:
         try:
             state = torch.load(path, map_location=map_location, weights_only=False)
             if not isinstance(state, dict) or "step" not in state:
@@ -234,4 +236,7 @@ def load_latest_checkpoint(run_dir: Path, map_location: Any = "cpu") -> Optional
         except Exception as exc:  # truncated zip, unpickling error, ...
             print(f"warning: checkpoint {path} is unreadable ({type(exc).__name__}); trying an older one",
                   file=sys.stderr)
+    if paths:
+        raise RunError(f"none of the {len(paths)} checkpoints in {run_dir} is readable; move them away to start the "
+                       "run over")
     return None

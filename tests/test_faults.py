@@ -177,11 +177,13 @@ def test_corrupt_newest_checkpoint_is_refused_and_the_previous_one_used(damage, 
     assert "older" in lines[0]
 
 
-def test_all_checkpoints_corrupt_gives_none(tmp_path, capsys):
+def test_all_checkpoints_corrupt_is_an_error_not_a_fresh_start(tmp_path, capsys):
     for path in _two_checkpoints(tmp_path):
         path.write_bytes(b"\0" * 100)
-    assert load_latest_checkpoint(tmp_path) is None
+    with pytest.raises(utils.RunError, match="none of the 2 checkpoints .* is readable"):
+        load_latest_checkpoint(tmp_path)
     assert len(capsys.readouterr().err.strip().splitlines()) == 2
+    assert load_latest_checkpoint(tmp_path / "empty") is None  # no checkpoint at all: a fresh start
 
 
 def test_failed_checkpoint_write_keeps_the_previous_ones(tmp_path, monkeypatch):
