@@ -535,7 +535,7 @@ def autoencoder_loss(model: MAGE, batch: dict, config: TrainConfig, per_scale: b
     return loss, stats
 
 
-def transformer_loss(model: MAGE, batch: dict):
+def transformer_loss(model: MAGE, batch: dict, per_scale: bool = False):
     """Stage 2: next-scale cross-entropy on the token maps of the frozen autoencoder."""
     cond = batch["cond"][:, 0]
     with torch.no_grad():
@@ -544,8 +544,17 @@ def transformer_loss(model: MAGE, batch: dict):
     logits = model.transformer(cond, inputs)
     target = torch.cat(idx_list, 1)
     ce = F.cross_entropy(logits.float().flatten(0, 1), target.flatten())
-    acc = (logits.argmax(-1) == target).float().mean()
-    return ce, {"tf/ce": ce.detach(), "tf/token_acc": acc}
+    hits = (logits.argmax(-1) == target).float()
+    stats = {"tf/ce": ce.detach(), "tf/token_acc": hits.mean()}
+    if per_scale:  # which scales are hard to predict: coarse ones carry the plan, fine ones the collection noise
+        with torch.no_grad():
+            b = model.transformer.bounds
+            per_token = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), reduction="none")
+            per_token = per_token.view(target.shape)
+            for k in range(len(b) - 1):
+                stats[f"tf/ce_scale{k + 1}"] = per_token[:, b[k]:b[k + 1]].mean()
+                stats[f"tf/token_acc_scale{k + 1}"] = hits[:, b[k]:b[k + 1]].mean()
+    return ce, stats
 
 
 def end_to_end_loss(model: MAGE, batch: dict, config: TrainConfig):
@@ -663,7 +672,7 @@ def train(config: TrainConfig, data: TrajectoryData, model: MAGE, run_dir: Path,
                 loss, stats = autoencoder_loss(model, batch, config, per_scale=log_now)
             elif stage == "transformer":
                 model.encoder.eval(), model.vq.eval()
-                loss, stats = transformer_loss(model, batch)
+                loss, stats = transformer_loss(model, batch, per_scale=log_now)
             else:
                 model.encoder.eval(), model.vq.eval()
                 loss, stats = end_to_end_loss(model, batch, config)
