@@ -1,6 +1,7 @@
 """Why does a trained MAGE policy score what it scores? Behaviour statistics of one run on a goal task.
 
     python benchmarks/mage_diagnose.py runs/mage/maze2d-umaze/seed0 [--episodes 20] [--set target_return=0.5 ...]
+    python benchmarks/mage_diagnose.py RUN --checkpoint RUN/checkpoint_000002000.pt --track 4   # tiny, after stage 2
 
 Loads the newest checkpoint of a MAGE run folder (its config, models and normalisation) and evaluates
   * the policy as trained (inverse dynamics on the generated latent): normalised score, share of episodes that reach
@@ -9,7 +10,10 @@ Loads the newest checkpoint of a MAGE run folder (its config, models and normali
     (action = (s_plan[k] - s)[pos] + (s_plan[k] - s)[vel]): if this scores well the plans are good and the head is
     the weak part, if not the plans themselves are;
   * the action the policy takes at rest on the goal and 0.3 away from it (a policy that stays at its goal pushes
-    back towards it there).
+    back towards it there);
+  * on training segments: how far the decoded plan (generated, argmax) and the decoded reconstruction (true latent)
+    are from the logged future, per step ahead, against holding the current state; and the inverse-dynamics head's
+    action error on true vs generated latents.
 Numbers for the data (mean |action| of the dataset) are printed beside them.
 """
 
@@ -79,14 +83,45 @@ def behaviour(task: str, policy: RecordingPolicy, episodes: int, seed: int) -> d
             "mean_abs_action": float(np.mean(policy.action_sizes))}
 
 
+@torch.no_grad()
+def plan_accuracy(model, data, segments: int, seed: int) -> None:
+    """Decoded plans and actions on logged segments (positions: normalised state dims 0-1)."""
+    torch.manual_seed(seed)
+    batch = data.buffer.sample(segments)
+    x, cond = batch["x"], batch["cond"][:, 0]
+    f_true = model.vq(model.encoder(x))[0]
+    f_gen = model.transformer.generate(cond, model.vq, 0.0)[0]
+    steps = [k for k in (1, 2, 4, 8, 16, 32, 64) if k < x.shape[1]]
+
+    def position_error(plan: torch.Tensor) -> str:
+        err = (plan[:, :, 1:3] - x[:, :, 1:3]).pow(2).mean((0, 2))
+        return " ".join(f"{err[k]:.4f}" for k in steps)
+
+    print(f"plan position error at steps {steps} ahead ({segments} training segments):")
+    print(f"  decoded reconstruction (true latent) {position_error(model.decode(f_true, cond))}")
+    print(f"  decoded generated plan (argmax)      {position_error(model.decode(f_gen, cond))}")
+    print(f"  holding the current state            {position_error(x[:, :1].expand_as(x))}")
+    logged = batch["actions"][:, 0]
+    for name, f in (("true", f_true), ("generated", f_gen)):
+        act = model.inverse(f, cond)[:, 0]
+        cos = torch.nn.functional.cosine_similarity(act, logged).mean()
+        print(f"  head on {name:9s} latents: action mse {(act - logged).pow(2).mean():.3f}, cosine {cos:.2f}, "
+              f"mean |a| {act.abs().mean():.2f}")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path, help="a MAGE run folder: out_dir/mage/<task>/seed<k>")
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--track", type=int, default=1, help="plan step followed by the controller (0: skip)")
     p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="evaluation-time config overrides")
+    p.add_argument("--segments", type=int, default=1024, help="training segments for the plan-accuracy check")
+    p.add_argument("--checkpoint", type=Path, default=None, help="a checkpoint file of the run (default: the newest)")
     args = p.parse_args()
-    state = load_latest_checkpoint(args.run_dir, map_location="cpu")
+    if args.checkpoint is not None:  # e.g. checkpoint_000002000.pt: the model after stage 2 of the tiny config
+        state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    else:
+        state = load_latest_checkpoint(args.run_dir, map_location="cpu")
     if state is None:
         raise RunError(f"no readable checkpoint in {args.run_dir}")
     fields = {f.name: f for f in dataclasses.fields(mage.TrainConfig)}
@@ -105,6 +140,7 @@ def main() -> None:
     model.eval()
     device = torch.device("cpu")
     print(f"data: mean |action| {np.abs(data.buffer.fields['actions'].numpy()).mean():.2f}")
+    plan_accuracy(model, data, args.segments, config.seed)
     rows = {"inverse-dynamics head": behaviour(config.task, RecordingPolicy(model, data, config, device),
                                                args.episodes, config.eval_seed)}
     if args.track:
