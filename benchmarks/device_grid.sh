@@ -2,7 +2,8 @@
 # The benchmark grid on one multi-GPU host, in the device tool's 10-minute calls (works on any CUDA host).
 #   bash benchmarks/device_grid.sh start GPUS [SECONDS]   datasets, MPS, start both grids detached, watch SECONDS
 #   bash benchmarks/device_grid.sh watch [SECONDS]        watch, then pack results, logs and metrics into $OUT
-# results -> /tmp/results (copy to benchmarks/results/), run folders and logs -> /tmp/runs.
+# results -> /tmp/results (starts as a copy of benchmarks/results/: committed runs are skipped; delete a stale file
+# there first to rerun it), run folders and logs -> /tmp/runs.
 # Measured on 4 x H200 (64 cores), 2026-11-26: MPS raised every algorithm's steps/s under sharing 2-10x
 # (BC 48 -> 334, IQL 7 -> 73, DT 32 -> 73, MAGE stage 1 3.9 -> 10.6 with 9 runs on one GPU), so it is on.
 # Diffuser at H = 384 needs 20-45 GB a run: --per-gpu 9 with three of them on one GPU ran out of memory, so the
@@ -37,6 +38,8 @@ if [ "$CMD" = start ]; then
   for t in $MAZES; do python3 -m shared.datasets generate "$t" --workers 20 > "/tmp/gen-$t.log" 2>&1 & done
   wait
   for f in "$MAGE_DATA_DIR"/*.hdf5; do python3 -m shared.datasets verify "$f" 2>&1 | tail -1; done
+  # the committed results are skipped (run.py skips a run whose file exists): only missing runs start
+  mkdir -p /tmp/results && cp -rn benchmarks/results/. /tmp/results/
   mkdir -p /tmp/mps /tmp/mps-log
   nvidia-cuda-mps-control -d && echo "MPS daemon started"
   grid() { local name=$1; shift; setsid nohup python3 benchmarks/run.py --gpus "$GPUS" --out-dir /tmp/runs \
