@@ -26,6 +26,7 @@ import argparse
 import hashlib
 import multiprocessing
 import os
+import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -213,10 +214,28 @@ def library_versions() -> Dict[str, str]:
     return {"gymnasium": gymnasium.__version__, "gymnasium_robotics": version, "mujoco": mujoco.__version__}
 
 
+def _remove_orphaned_temp_files(path: Path) -> None:
+    """Delete temp files of ``path`` left by writers on this host that no longer run (a SIGKILL runs no cleanup).
+    Their names carry host and pid; a live writer's file, or another host's, is never touched."""
+    host = socket.gethostname()
+    for tmp in path.parent.glob(f".{path.name}.{host}-*.tmp"):
+        pid = tmp.name[len(f".{path.name}.{host}-"):].split(".", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except PermissionError:  # alive, another user's
+            pass
+
+
 def _write_atomic(path: Path, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> None:
     """Write to a temp file in the same directory, fsync, then rename: readers never see a half-written file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    _remove_orphaned_temp_files(path)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{socket.gethostname()}-{os.getpid()}.", suffix=".tmp",
+                                    dir=path.parent)
     os.close(fd)
     try:
         with h5py.File(tmp_name, "w") as f:

@@ -148,6 +148,7 @@ def test_sigkilled_generation_leaves_nothing_usable_and_a_later_generate_succeed
 
     assert generate("maze2d-umaze", size=200_000, out=out, progress=False) == out
     assert verify(out)["size"] == 200_000
+    assert [p.name for p in out.parent.iterdir()] == [out.name]  # the killed writers' temp files are gone
 
 
 # ------------------------------------------------------------------------------------------ corrupt checkpoints
@@ -311,3 +312,20 @@ def test_two_runs_in_one_folder_do_not_overwrite_each_other(data_dir, tmp_path):
     finally:
         first.kill()
         first.wait()
+
+
+def test_only_orphaned_temp_files_are_removed(tmp_path):
+    import socket
+
+    from shared import datasets
+
+    out, host = tmp_path / "d.hdf5", socket.gethostname()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = tmp_path / f".d.hdf5.{host}-{dead.pid}.abc.tmp"
+    live = tmp_path / f".d.hdf5.{host}-{os.getpid()}.abc.tmp"
+    other_host = tmp_path / f".d.hdf5.elsewhere-{dead.pid}.abc.tmp"
+    for p in (orphan, live, other_host):
+        p.write_bytes(b"partial")
+    datasets._remove_orphaned_temp_files(out)
+    assert not orphan.exists() and live.exists() and other_host.exists()
