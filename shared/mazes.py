@@ -12,12 +12,19 @@ from collections import deque
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import gymnasium
-import gymnasium_robotics
 import mujoco
 import numpy as np
-from gymnasium_robotics.envs.maze.maps import LARGE_MAZE, MEDIUM_MAZE, U_MAZE
 
-from shared.tasks import Task, get_task
+try:  # gymnasium-robotics prints a notice about its Adroit envs on every import; this project uses none of them
+    from farama_notifications import notifications
+
+    notifications.pop("gymnasium_robotics", None)
+except ImportError:
+    pass
+import gymnasium_robotics  # noqa: E402
+from gymnasium_robotics.envs.maze.maps import LARGE_MAZE, MEDIUM_MAZE, U_MAZE  # noqa: E402
+
+from shared.tasks import Task, get_task  # noqa: E402
 
 gymnasium.register_envs(gymnasium_robotics)
 
