@@ -4,8 +4,8 @@
 #   bash benchmarks/device_grid.sh watch [SECONDS]        watch, then pack results, logs and metrics into $OUT
 # results -> /tmp/results (starts as a copy of benchmarks/results/: committed runs are skipped; delete a stale file
 # there first to rerun it), run folders and logs -> /tmp/runs.
-# Measured on 4 x H200 (64 cores), 2026-11-26: MPS raised every algorithm's steps/s under sharing 2-10x
-# (BC 48 -> 334, IQL 7 -> 73, DT 32 -> 73, MAGE stage 1 3.9 -> 10.6 with 9 runs on one GPU), so it is on.
+# MPS raised every algorithm's steps/s 2-10x with 9 runs sharing one H200 (benchmarks/gpu_share.sh: BC 48 -> 334,
+# IQL 7 -> 73, DT 32 -> 73, MAGE stage 1 3.9 -> 10.6), so it is on.
 # Diffuser at H = 384 needs 20-45 GB a run: --per-gpu 9 with three of them on one GPU ran out of memory, so the
 # grid spreads them: run.py deals consecutive jobs to different GPUs.
 # The host needs this repo's requirements besides torch (carry wheels: shared/device notes); gymnasium's

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import sys
 from pathlib import Path
 
@@ -32,11 +31,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from shared.evaluation import evaluate, make_eval_env  # noqa: E402
-from shared.utils import RunError, load_latest_checkpoint  # noqa: E402
+from shared.utils import RunError, load_latest_checkpoint, load_script  # noqa: E402
 
-_spec = importlib.util.spec_from_file_location("mage", ROOT / "algorithms" / "mage.py")
-mage = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(mage)
+mage = load_script(ROOT / "algorithms" / "mage.py", "mage")
 
 
 class RecordingPolicy(mage.MagePolicy):

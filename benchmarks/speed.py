@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import math
 import os
@@ -45,7 +44,7 @@ sys.path.insert(0, str(ROOT))
 
 from shared.buffer import Normalizer, SegmentBuffer  # noqa: E402
 from shared.tasks import get_task  # noqa: E402
-from shared.utils import device_name, git_commit, resolve_device  # noqa: E402
+from shared.utils import device_name, git_commit, load_script, resolve_device  # noqa: E402
 
 ALGOS = ("mage", "dt", "diffuser")
 OBS_DIM, ACT_DIM, GOAL_DIM = 4, 2, 2  # maze2d / multi2d: (x, y, vx, vy), (ax, ay), goal (x, y)
@@ -80,13 +79,7 @@ QUICK = Budget(warmup=1, iters=3, plan_warmup=1, plan_iters=2, train_warmup=1, t
 # ----------------------------------------------------------------------------- helpers
 def load_algorithm(name: str):
     """algorithms/<name>.py as a module (the files are scripts; they put the repo root on sys.path)."""
-    key = f"speed_algo_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, ROOT / "algorithms" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module
-        spec.loader.exec_module(module)
-    return sys.modules[key]
+    return load_script(ROOT / "algorithms" / f"{name}.py", f"speed_algo_{name}")
 
 
 def make_config(module, algo: str, task: str, device: str, overrides: dict):

@@ -185,6 +185,19 @@ def atomic_write_json(path: Path, obj: Any) -> None:
     atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
 
 
+def load_script(path: Path, name: str) -> Any:
+    """A script file (algorithms/*.py, benchmarks/*.py: scripts, not a package) as a module, imported once per name.
+    Registered in sys.modules before it runs, since dataclasses look their module up while the file executes."""
+    if name not in sys.modules:
+        import importlib.util
+
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 

@@ -5,6 +5,8 @@ import os
 import sys
 from pathlib import Path
 
+import h5py
+import numpy as np
 import pytest
 import torch
 
@@ -35,3 +37,21 @@ def load_algorithm(name: str):
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def write_d4rl_hdf5(path, n=50, obs_dim=4, drop=None, **override):
+    """A small D4RL-format file (the layout of ~/.d4rl/datasets/*.hdf5); ``drop`` leaves one key out."""
+    arrays = {
+        "observations": np.zeros((n, obs_dim), np.float32),
+        "actions": np.zeros((n, 2), np.float32),
+        "rewards": np.zeros(n, np.float32),
+        "terminals": np.zeros(n, bool),
+        "timeouts": np.zeros(n, bool),
+        "infos/goal": np.zeros((n, 2), np.float32),
+    }
+    arrays.update(override)
+    with h5py.File(path, "w") as f:
+        for key, value in arrays.items():
+            if key != drop:
+                f.create_dataset(key, data=value)
+    return path

@@ -10,10 +10,9 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
-from conftest import load_algorithm
+from conftest import load_algorithm, write_d4rl_hdf5
 
 from shared.datasets import DatasetError, load_dataset
 from shared.utils import parse_config
@@ -21,22 +20,6 @@ from shared.utils import parse_config
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _write_hdf5(path, n=50, obs_dim=4, drop=None, **override):
-    """A small D4RL-format file (the layout of ~/.d4rl/datasets/*.hdf5)."""
-    arrays = {
-        "observations": np.zeros((n, obs_dim), np.float32),
-        "actions": np.zeros((n, 2), np.float32),
-        "rewards": np.zeros(n, np.float32),
-        "terminals": np.zeros(n, bool),
-        "timeouts": np.zeros(n, bool),
-        "infos/goal": np.zeros((n, 2), np.float32),
-    }
-    arrays.update(override)
-    with h5py.File(path, "w") as f:
-        for key, value in arrays.items():
-            if key != drop:
-                f.create_dataset(key, data=value)
-    return path
 
 
 def _nan_obs():
@@ -66,15 +49,15 @@ def outcomes(tmp_path_factory, data_dir):
     """Run every case once; {case: (returncode, stderr)}."""
     tmp = tmp_path_factory.mktemp("bad_input")
     (tmp / "bogus.yaml").write_text("task: maze2d-umaze\nsteps: 10\nbogus_key: 3\n")
-    full = _write_hdf5(tmp / "full.hdf5", n=2000)
+    full = write_d4rl_hdf5(tmp / "full.hdf5", n=2000)
     (tmp / "cut.hdf5").write_bytes(full.read_bytes()[: full.stat().st_size // 2])
     data = {
-        "obs_size_mismatch": _write_hdf5(tmp / "obs11.hdf5", obs_dim=11),
-        "empty_dataset": _write_hdf5(tmp / "empty.hdf5", n=0),
-        "nan_in_data": _write_hdf5(tmp / "nan.hdf5", observations=_nan_obs()),
+        "obs_size_mismatch": write_d4rl_hdf5(tmp / "obs11.hdf5", obs_dim=11),
+        "empty_dataset": write_d4rl_hdf5(tmp / "empty.hdf5", n=0),
+        "nan_in_data": write_d4rl_hdf5(tmp / "nan.hdf5", observations=_nan_obs()),
         "truncated_file": tmp / "cut.hdf5",
     }
-    hopper = _write_hdf5(tmp / "hopper.hdf5", obs_dim=11, actions=np.zeros((50, 3), np.float32))
+    hopper = write_d4rl_hdf5(tmp / "hopper.hdf5", obs_dim=11, actions=np.zeros((50, 3), np.float32))
     args = {
         "unknown_key_yaml": ["--config", str(tmp / "bogus.yaml")],
         "unknown_key_cli": ["--config", "configs/bc/tiny.yaml", "--bogus_key", "3"],
@@ -175,9 +158,9 @@ def test_more_dataset_errors_are_one_line(kind, match, tmp_path):
     if kind == "inf":
         rewards = np.zeros(50, np.float32)
         rewards[3] = -np.inf
-        path = _write_hdf5(tmp_path / "inf.hdf5", rewards=rewards)
+        path = write_d4rl_hdf5(tmp_path / "inf.hdf5", rewards=rewards)
     elif kind == "missing_key":
-        path = _write_hdf5(tmp_path / "noactions.hdf5", drop="actions")
+        path = write_d4rl_hdf5(tmp_path / "noactions.hdf5", drop="actions")
     elif kind == "not_found":
         path = tmp_path / "absent.hdf5"
     else:

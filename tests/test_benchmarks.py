@@ -1,10 +1,8 @@
 """Benchmark tooling: tables/plots from result files (deterministic, --check), W&B sweeps, offline W&B, speed."""
 
-import importlib.util
 import itertools
 import json
 import struct
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,13 +13,9 @@ from conftest import ROOT, load_algorithm
 
 def load_script(name: str):
     """benchmarks/<name>.py as a module."""
-    key = f"benchmarks_{name}"
-    if key not in sys.modules:
-        spec = importlib.util.spec_from_file_location(key, ROOT / "benchmarks" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[key] = module
-        spec.loader.exec_module(module)
-    return sys.modules[key]
+    from shared.utils import load_script as load
+
+    return load(ROOT / "benchmarks" / f"{name}.py", f"benchmarks_{name}")
 
 
 tables = load_script("tables")

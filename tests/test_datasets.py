@@ -16,6 +16,7 @@ from shared.datasets import (
 )
 from shared.mazes import PointMazeSim, cell_to_xy, maze_map
 from shared.tasks import get_task
+from conftest import write_d4rl_hdf5
 
 SIZE = 20_000
 
@@ -161,20 +162,6 @@ def test_cli_generate_info_verify(tmp_path, capsys):
 # --- loader rejections: each a one-line DatasetError naming the file ----------------------------------------------
 
 
-def _write(path, n=50, obs_dim=4, drop=None, **override):
-    arrays = {
-        "observations": np.zeros((n, obs_dim), np.float32),
-        "actions": np.zeros((n, 2), np.float32),
-        "rewards": np.zeros(n, np.float32),
-        "terminals": np.zeros(n, bool),
-        "timeouts": np.zeros(n, bool),
-    }
-    arrays.update(override)
-    with h5py.File(path, "w") as f:
-        for key, value in arrays.items():
-            if key != drop:
-                f.create_dataset(key, data=value)
-    return path
 
 
 def _rejects(path, match):
@@ -185,7 +172,7 @@ def _rejects(path, match):
 
 
 def test_loader_accepts_valid_user_file(tmp_path):
-    data, info = load_dataset("maze2d-umaze", dataset_path=_write(tmp_path / "ok.hdf5"))
+    data, info = load_dataset("maze2d-umaze", dataset_path=write_d4rl_hdf5(tmp_path / "ok.hdf5"))
     assert data["observations"].shape == (50, 4) and info["source"].startswith("user file")
 
 
@@ -200,26 +187,26 @@ def test_loader_rejects_truncated_file(tmp_path):
 
 
 def test_loader_rejects_missing_key(tmp_path):
-    _rejects(_write(tmp_path / "a.hdf5", drop="actions"), "key 'actions' missing")
+    _rejects(write_d4rl_hdf5(tmp_path / "a.hdf5", drop="actions"), "key 'actions' missing")
 
 
 def test_loader_rejects_wrong_shape(tmp_path):
-    _rejects(_write(tmp_path / "b.hdf5", rewards=np.zeros((50, 2), np.float32)), "'rewards' must be 1-D")
-    _rejects(_write(tmp_path / "c.hdf5", actions=np.zeros((49, 2), np.float32)), "'actions' has 49 rows")
+    _rejects(write_d4rl_hdf5(tmp_path / "b.hdf5", rewards=np.zeros((50, 2), np.float32)), "'rewards' must be 1-D")
+    _rejects(write_d4rl_hdf5(tmp_path / "c.hdf5", actions=np.zeros((49, 2), np.float32)), "'actions' has 49 rows")
 
 
 def test_loader_rejects_nan(tmp_path):
     obs = np.zeros((50, 4), np.float32)
     obs[10, 2] = np.nan
-    _rejects(_write(tmp_path / "d.hdf5", observations=obs), "NaN")
+    _rejects(write_d4rl_hdf5(tmp_path / "d.hdf5", observations=obs), "NaN")
 
 
 def test_loader_rejects_empty(tmp_path):
-    _rejects(_write(tmp_path / "e.hdf5", n=0), "empty")
+    _rejects(write_d4rl_hdf5(tmp_path / "e.hdf5", n=0), "empty")
 
 
 def test_loader_rejects_wrong_observation_size(tmp_path):
-    _rejects(_write(tmp_path / "f.hdf5", obs_dim=11), "observations have size 11")
+    _rejects(write_d4rl_hdf5(tmp_path / "f.hdf5", obs_dim=11), "observations have size 11")
 
 
 def test_loader_rejects_incomplete_generated_file(tmp_path):
