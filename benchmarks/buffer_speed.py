@@ -58,7 +58,7 @@ def main() -> None:
 
         def step():
             loss_fn = mage.autoencoder_loss if stage == "autoencoder" else None
-            loss = loss_fn(model, batch, config)[0] if loss_fn else mage.transformer_loss(model, batch)[0]
+            loss = loss_fn(model, batch, config)[0] if loss_fn else mage.transformer_loss(model, batch, config)[0]
             opt.zero_grad()
             loss.backward()
             opt.step()

@@ -2,6 +2,8 @@
 # The benchmark grid on one multi-GPU host, in the device tool's 10-minute calls (works on any CUDA host).
 #   bash benchmarks/device_grid.sh start GPUS [SECONDS]   datasets, MPS, start both grids detached, watch SECONDS
 #   bash benchmarks/device_grid.sh watch [SECONDS]        watch, then pack results, logs and metrics into $OUT
+# What runs: MAIN_ALGOS (default: every algorithm) on all six maze tasks at MAIN_PER_GPU runs per GPU, and the
+# maze2d-large ablations ABLATIONS at ABL_PER_GPU (e.g. MAIN_ALGOS=mage to spend a host on MAGE alone).
 # results -> /tmp/results (starts as a copy of benchmarks/results/: committed runs are skipped; delete a stale file
 # there first to rerun it), run folders and logs -> /tmp/runs.
 # MPS raised every algorithm's steps/s 2-10x with 9 runs sharing one H200 (benchmarks/gpu_share.sh: BC 48 -> 334,
@@ -45,8 +47,9 @@ if [ "$CMD" = start ]; then
   grid() { local name=$1; shift; setsid nohup python3 benchmarks/run.py --gpus "$GPUS" --out-dir /tmp/runs \
     --results-dir /tmp/results "$@" > "/tmp/grid-$name.log" 2>&1 < /dev/null & }
   # MAGE first (the longest runs), Diffuser's large mazes spread over the GPUs, short baselines fill the gaps
-  grid main --per-gpu 9 --algos mage diffuser iql dt bc --tasks $TASKS --seeds 0 1 2
-  grid ablation --per-gpu 3 --algos mage-k1 mage-nodeccond mage-teacherforced --tasks maze2d-large --seeds 0 1 2
+  grid main --per-gpu "${MAIN_PER_GPU:-9}" --algos ${MAIN_ALGOS:-mage diffuser iql dt bc} --tasks $TASKS --seeds 0 1 2
+  [ -n "${ABLATIONS-x}" ] && grid ablation --per-gpu "${ABL_PER_GPU:-3}" \
+    --algos ${ABLATIONS:-mage-k1 mage-nodeccond} --tasks maze2d-large --seeds 0 1 2
   sleep 5
   watch $(( ${3:-540} - ($(date +%s) - T0) ))
 else

@@ -222,9 +222,9 @@ class Bench:
     # --- builders (the algorithms' own dataclasses and model classes)
     def _build_mage(self, a: dict, bounds: np.ndarray) -> None:
         m, c = self.mod, self.config
-        cond_dim = 1 + OBS_DIM + GOAL_DIM  # (R, s, g) on goal tasks
         x = np.concatenate([a["rtg"][:, None], a["obs"]], 1)
-        cond = np.concatenate([x, a["goals"]], 1)
+        cond = np.concatenate([x if c.return_condition else a["obs"], a["goals"]], 1)  # (R,) s, g on goal tasks
+        cond_dim = cond.shape[1]
         buffer = SegmentBuffer({"x": x, "cond": cond, "actions": a["actions"]}, bounds, c.horizon, self.device)
         self.data = m.TrajectoryData(buffer, identity_norm(OBS_DIM), OBS_DIM, ACT_DIM, cond_dim, True, {})
         self.model = m.MAGE(c, 1 + OBS_DIM, cond_dim, ACT_DIM).to(self.device)
@@ -308,7 +308,7 @@ class Bench:
                         else:
                             self.model.encoder.eval(), self.model.vq.eval()
                             fn = m.transformer_loss if stage == "transformer" else m.end_to_end_loss
-                            loss, _ = fn(self.model, batch) if stage == "transformer" else fn(self.model, batch, c)
+                            loss, _ = fn(self.model, batch, c)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(params, c.grad_clip)
@@ -546,6 +546,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not args.task.startswith(("maze2d-", "multi2d-")):
         p.error("--task must be an embedded maze task (maze2d-* or multi2d-*)")
     device = resolve_device(args.device)
+    torch.backends.cudnn.benchmark = True  # as the algorithms' main(): fixed shapes, TF32 matmuls
+    torch.set_float32_matmul_precision("high")
     budget = QUICK if args.quick else Budget()
     load_before = os.getloadavg()[0]
     print(f"speed on {device_name(device)} (torch {torch.__version__}), task {args.task}", flush=True)

@@ -42,7 +42,7 @@ def fit(model, config, stage, batch, steps):
             loss, _ = mage.autoencoder_loss(model, batch, config)
         else:
             model.encoder.eval(), model.vq.eval()
-            loss, _ = mage.transformer_loss(model, batch)
+            loss, _ = mage.transformer_loss(model, batch, config)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -98,7 +98,8 @@ def test_single_scale_k1_runs_every_stage():
     """The K = 1 ablation (--scales [L]): no coarser scale feeds the transformer, every stage still trains."""
     config, model = small_model(scales=[8])
     batch = smooth_batch(batch=8)
-    for loss_fn in (lambda: mage.autoencoder_loss(model, batch, config), lambda: mage.transformer_loss(model, batch),
+    for loss_fn in (lambda: mage.autoencoder_loss(model, batch, config),
+                    lambda: mage.transformer_loss(model, batch, config),
                     lambda: mage.end_to_end_loss(model, batch, config)):
         loss, _ = loss_fn()
         assert torch.isfinite(loss)
