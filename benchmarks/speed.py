@@ -399,8 +399,14 @@ def measure_setting(name: str, bf16: bool, compiled: bool, args, device: torch.d
         out[algo] = entry
         print(f"  [{name}] {algo}: " + summary_line(entry), flush=True)
         del bench
+        if "CUDA error" in entry.get("error", ""):  # the CUDA context is lost: no later GPU call can succeed
+            raise DeviceLost(entry["error"])
         free(device)
     return out
+
+
+class DeviceLost(RuntimeError):
+    """A CUDA error (e.g. inside torch.compile's autotuning) left the process's GPU context unusable."""
 
 
 def summary_line(entry: dict) -> str:
@@ -559,16 +565,21 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.bf16:
             settings.append(("bf16+compile", True, True))
     results = {}
+    sweeps = {"horizon_sweep": [], "k_sweep": [], "at_diffuser_horizon": None}
     for name, bf16, compiled in settings:
         if bf16 and device.type != "cuda":
             print(f"note: {name}: the algorithms apply bf16 autocast on CUDA only; measuring fp32 on {device}")
-        results[name] = measure_setting(name, bf16, compiled, args, device, budget)
+        try:
+            results[name] = measure_setting(name, bf16, compiled, args, device, budget)
+        except DeviceLost as exc:  # keep what was measured, skip the rest, still write the file
+            results[name] = {algo: {"error": str(exc)} for algo in ALGOS}
+            for later, *_ in settings[len(results):]:
+                results[later] = {algo: {"error": f"skipped: the CUDA context was lost in {name}"} for algo in ALGOS}
+            break
         if compiled:
             torch._dynamo.reset()
-    diffuser_h = results["fp32"]["diffuser"]["config"]["horizon"]
-    sweeps = {"horizon_sweep": [], "k_sweep": [], "at_diffuser_horizon": None}
-    if not args.skip_sweeps:
-        sweeps = mage_sweeps(args, device, budget, diffuser_h)
+        if name == "fp32" and not args.skip_sweeps:  # the sweeps are fp32 eager: measured before any compiling
+            sweeps = mage_sweeps(args, device, budget, results["fp32"]["diffuser"]["config"]["horizon"])
     payload = {
         "device": device_name(device),
         "device_type": device.type,

@@ -250,7 +250,10 @@ def timing_table(cells: dict, names: list[str], tasks: list[str]) -> list[str]:
             if cell is None:
                 continue
             steps = sorted({int(r["train_steps"]) for r in cell.runs if isinstance(r.get("train_steps"), int)})
-            wall = [w / 60 for w in cell.values("train_wall_s")]
+            # a resumed run's wall time counts only the part after its resume: left out, marked with r
+            wall = [r["train_wall_s"] / 60 for r in cell.runs
+                    if isinstance(r.get("train_wall_s"), (int, float)) and not (r.get("config") or {}).get("resume")]
+            resumed = sum(bool((r.get("config") or {}).get("resume")) for r in cell.runs)
             lat = cell.values("action_latency_ms")
             batches = set()
             for r in cell.runs:
@@ -265,6 +268,8 @@ def timing_table(cells: dict, names: list[str], tasks: list[str]) -> list[str]:
                                            else f"{wall[0]:.1f}")
             lat_s = "—" if not lat else (f"{mean_std(lat)[0]:.2f} ± {mean_std(lat)[1]:.2f}" if len(lat) > 1
                                          else f"{lat[0]:.2f}")
+            if resumed:
+                wall_s += f" ({resumed} resumed: not counted)"
             rows.append([f"`{task}`", n, str(len(cell.runs)), ", ".join(map(str, steps)) or "—", wall_s, lat_s,
                          ", ".join(sorted(batches)), "; ".join(devices)])
     if not rows:
