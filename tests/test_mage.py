@@ -181,3 +181,26 @@ def test_tiny_config_learns_and_beats_random(tmp_path):
                          capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "inverse-dynamics head" in out.stdout and "controller on plan step 1" in out.stdout, out.stdout
+
+
+def test_stage2_trains_the_head_on_predicted_token_latents():
+    """inverse_stage2: the transformer stage also fits L_inv (the head's inputs are the latent of the predicted tokens,
+    so the encoder's true latent, which carries the logged action noise, never reaches it there)."""
+    config, model = small_model(lr=1e-3)
+    batch = smooth_batch(batch=16)
+    fit(model, config, "autoencoder", batch, 100)
+    encoder_before = [p.detach().clone() for p in model.encoder.parameters()]
+    opt = mage.make_optimizer(model, "transformer", config)
+    assert {id(p) for p in model.inverse.parameters()} <= {id(p) for g in opt.param_groups for p in g["params"]}
+    inv = []
+    for _ in range(150):
+        model.train(), model.encoder.eval(), model.vq.eval()
+        loss, stats = mage.transformer_loss(model, batch, config)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        inv.append(float(stats["tf/inv"]))
+    assert inv[-1] < inv[0] / 3, (inv[0], inv[-1])
+    assert all(torch.equal(a, b) for a, b in zip(encoder_before, model.encoder.parameters()))
+    _, stats = mage.transformer_loss(model, batch, dataclasses.replace(config, inverse_stage2=False))
+    assert "tf/inv" not in stats
