@@ -262,6 +262,13 @@ class MultiScaleVQ(nn.Module):
             q = F.interpolate(q, size=self.L, mode="linear", align_corners=False)
         return (1 - self.phi_ratio) * q + self.phi_ratio * self.phi[k](q)
 
+    def embed_sequence(self, idx: Optional[torch.Tensor] = None, onehot: Optional[torch.Tensor] = None):
+        """sum_k z_k from the tokens of all scales in one flat sequence [B, sum l_k] (or its one-hots)."""
+        bounds = np.cumsum([0] + self.scales)
+        return sum(self.embed_scale(k, None if idx is None else idx[:, lo:hi],
+                                    None if onehot is None else onehot[:, lo:hi])
+                   for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])))
+
     def next_input(self, f_hat: torch.Tensor, k: int) -> torch.Tensor:
         """VAR's teacher input for scale k+1: the accumulated latent area-downsampled to l_{k+1}, [B, l, dim]."""
         return F.interpolate(f_hat, size=self.scales[k + 1], mode="area").transpose(1, 2)
@@ -559,9 +566,8 @@ def transformer_loss(model: MAGE, batch: dict, config: TrainConfig, per_scale: b
     if config.inverse_stage2:
         # (choice) the head needs many more updates than stage 1 gives it (the action of a maze state is a sharp
         # function), and on plan-like latents: predicted tokens carry the plan but not the logged action noise
-        b = model.transformer.bounds
         with torch.no_grad():
-            f_pred = sum(model.vq.embed_scale(k, pred[:, b[k]:b[k + 1]]) for k in range(len(b) - 1))
+            f_pred = model.vq.embed_sequence(pred)
         A = config.action_horizon
         inv = masked_mse(model.inverse(f_pred, cond), batch["actions"][:, :A], batch["mask"][:, :A])
         loss = loss + config.w_inv * inv
@@ -597,8 +603,7 @@ def end_to_end_loss(model: MAGE, batch: dict, config: TrainConfig):
                                               sample_temperature=config.e2e_token_temperature)
     else:  # teacher-forced: every scale's tokens come from logits computed on the true coarser scales
         onehot = relaxed_onehot(logits.float(), config.gumbel_tau, config.e2e_token_temperature)
-        b = model.transformer.bounds
-        f_gen = sum(model.vq.embed_scale(k, onehot=onehot[:, b[k]:b[k + 1]]) for k in range(len(b) - 1))
+        f_gen = model.vq.embed_sequence(onehot=onehot)
     A = config.action_horizon
     inv = masked_mse(model.inverse(f_gen, cond), batch["actions"][:, :A], mask[:, :A])
     loss = config.w_ce * ce + config.w_inv * inv
@@ -759,17 +764,21 @@ class MagePolicy:
             self.rtg = self.rtg - last_rewards.astype(np.float32) / self.config.rtg_scale
         k = self.t % self.config.replan_every
         if k == 0:
-            s = self.data.obs_norm.normalize(obs.astype(np.float32))
-            parts = [self.rtg[:, None], s] + ([self.goal_n] if self.data.goal_conditioned else [])
-            if self.data.goal_conditioned and not self.config.return_condition:
-                parts = parts[1:]
-            cond = torch.as_tensor(np.concatenate(parts, 1), device=self.device)
+            cond = self.condition(obs)
             self.model.eval()
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.config.bf16 and self.device.type == "cuda"):
                 f_hat, _ = self.model.transformer.generate(cond, self.model.vq, self.config.temperature)
                 self.plan = self.model.inverse(f_hat, cond).float().cpu().numpy()
         self.t += 1
         return np.clip(self.plan[:, k], -1.0, 1.0)
+
+    def condition(self, obs: np.ndarray) -> torch.Tensor:
+        """(R_t, s_t) on reward tasks, (s_t, g) on goal tasks ((R_t, s_t, g) with return_condition), as in load_data."""
+        s = self.data.obs_norm.normalize(obs.astype(np.float32))
+        parts = [self.rtg[:, None], s] + ([self.goal_n] if self.data.goal_conditioned else [])
+        if self.data.goal_conditioned and not self.config.return_condition:
+            parts = parts[1:]
+        return torch.as_tensor(np.concatenate(parts, 1), device=self.device)
 
 
 # ============================================================================ main

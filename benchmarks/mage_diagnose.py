@@ -54,11 +54,7 @@ class RecordingPolicy(mage.MagePolicy):
         if not self.track:
             action = super().act(obs, last_rewards)
         else:
-            s = self.data.obs_norm.normalize(obs.astype(np.float32))
-            parts = [self.rtg[:, None], s, self.goal_n]
-            if not self.config.return_condition:
-                parts = parts[1:]
-            cond = torch.as_tensor(np.concatenate(parts, 1), device=self.device)
+            cond = self.condition(obs)
             self.model.eval()
             f_hat, _ = self.model.transformer.generate(cond, self.model.vq, self.config.temperature)
             plan = self.model.decode(f_hat, cond)[:, self.track, 1:].float().cpu().numpy()
