@@ -12,15 +12,13 @@ Run:  python algorithms/bc.py --config configs/bc/maze2d-umaze.yaml [--field val
 
 import math
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
@@ -29,9 +27,9 @@ from shared.datasets import load_dataset  # noqa: E402
 from shared.evaluation import evaluate, require_evaluation  # noqa: E402
 from shared.logger import Logger, finish_run, prepare_run_dir  # noqa: E402
 from shared.tasks import get_task  # noqa: E402
+from shared.training import Stage, captured, load_optimizer, make_optimizer, make_step, train_loop, use_graphs  # noqa: E402
 from shared.utils import (  # noqa: E402
-    RunError, device_name, load_latest_checkpoint, resolve_device, rng_state, run_main, save_checkpoint,
-    set_rng_state, set_seed,
+    RunError, device_name, load_latest_checkpoint, resolve_device, rng_state, run_main, set_rng_state, set_seed,
 )
 
 
@@ -65,6 +63,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # AdamW weight decay
     grad_clip: float = 0.0  # gradient norm clip (0: none)
     bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    compile: bool = True  # CUDA: every training step and the policy's forward run as captured CUDA graphs (CPU: eager)
     log_every: int = 1000  # steps between logged training metrics
     checkpoint_every: int = 50_000  # steps between checkpoints (and at the end)
     # --- evaluation
@@ -151,7 +150,7 @@ class Actor(nn.Module):
         out = self.head(self.trunk(x)).float()
         if self.kind == "mse":
             mse = (torch.tanh(out) - actions).pow(2).mean()
-            return mse, {"bc/mse": mse.item()}
+            return mse, {"bc/mse": mse.detach()}
         mean, log_std = out.chunk(2, -1)
         log_std = log_std.clamp(-5.0, 2.0)
         a = actions.clamp(-1 + 1e-4, 1 - 1e-4)
@@ -160,47 +159,39 @@ class Actor(nn.Module):
         logp = torch.distributions.Normal(mean, log_std.exp()).log_prob(u) - torch.log1p(-a.pow(2))
         nll = -logp.sum(-1).mean()
         mse = (torch.tanh(mean) - actions).pow(2).mean()
-        return nll, {"bc/nll": nll.item(), "bc/mse": mse.item()}
+        return nll, {"bc/nll": nll.detach(), "bc/mse": mse.detach()}
 
 
 # ============================================================================ training
-def train(config: TrainConfig, data: BCData, actor: Actor, optimizer: torch.optim.Optimizer, step: int,
-          run_dir: Path, logger: Logger, device: torch.device, evaluate_fn=None) -> int:
-    """Gradient steps from ``step`` to ``config.steps``; returns the final step."""
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.bf16 and device.type == "cuda")
-    bar = tqdm(total=config.steps, initial=step, desc=algo_name(config), dynamic_ncols=True,
-               disable=not sys.stderr.isatty())
-    last_print = time.time()
-    while step < config.steps:
-        actor.train()
-        batch = data.buffer.sample(config.batch_size)
-        with autocast:
-            loss, stats = actor.loss(batch["inputs"], batch["actions"])
-        if not torch.isfinite(loss):
-            last = sorted(run_dir.glob("checkpoint_*.pt"))
-            raise RunError(f"loss became {loss.item()} at step {step}; stopped, the last good checkpoint "
-                           f"is {last[-1] if last else 'none (no checkpoint written yet)'}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(actor.parameters(), config.grad_clip or float("inf"))
-        optimizer.step()
-        step += 1
-        bar.update(1)
-        if step % config.log_every == 0:
-            logger.log({**stats, "train/loss": loss.item(), "train/grad_norm": grad_norm.item()}, step)
-            bar.set_postfix(loss=f"{loss.item():.4g}")
-            if bar.disable and time.time() - last_print > 30:  # no TTY (batch jobs): a plain line every 30 s
-                print(f"[{algo_name(config)}] step {step}/{config.steps} loss {loss.item():.4f}", flush=True)
-                last_print = time.time()
-        if step % config.checkpoint_every == 0 or step == config.steps:
-            save_checkpoint(run_dir, step, {"actor": actor.state_dict(), "optimizer": optimizer.state_dict(),
-                                            "rng": rng_state(), "config": vars(config).copy(),
-                                            "obs_norm": data.obs_norm.state_dict()})
-        if evaluate_fn is not None and config.eval_every and step % config.eval_every == 0 and step < config.steps:
-            res = evaluate_fn(config.eval_episodes_during)
-            logger.log({"eval/normalized_score": res.score_mean, "eval/return": res.return_mean}, step)
-    bar.close()
-    return step
+def update(actor: Actor, optimizer: torch.optim.Optimizer, batch: dict, config: TrainConfig) -> dict:
+    """One gradient step on a batch; stats are tensors (no host sync: the step can be captured as a CUDA graph)."""
+    actor.train()
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.bf16 and batch["inputs"].is_cuda):
+        loss, stats = actor.loss(batch["inputs"], batch["actions"])
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(actor.parameters(), config.grad_clip or float("inf"))
+    optimizer.step()
+    return {**stats, "train/loss": loss.detach(), "train/grad_norm": grad_norm}
+
+
+def training_stages(config: TrainConfig, data: BCData, actor: Actor, device: torch.device,
+                    saved: Optional[dict] = None) -> tuple[list[Stage], Callable[[], dict]]:
+    """One stage of ``config.steps`` updates for shared.training.train_loop, and the checkpoint contents."""
+    graphs = use_graphs(config.compile, device)
+    optimizer = make_optimizer(actor.parameters(), config.lr, "adamw", graphs, weight_decay=config.weight_decay)
+    if saved is not None:
+        load_optimizer(optimizer, saved["optimizer"])
+
+    def begin():
+        return make_step(lambda batch: update(actor, optimizer, batch, config),
+                         lambda: data.buffer.sample(config.batch_size), [optimizer], graph=graphs)
+
+    def checkpoint() -> dict:
+        return {"actor": actor.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(),
+                "config": vars(config).copy(), "obs_norm": data.obs_norm.state_dict()}
+
+    return [Stage("train", config.steps, begin)], checkpoint
 
 
 # ============================================================================ evaluation
@@ -209,6 +200,11 @@ class BCPolicy:
 
     def __init__(self, actor: Actor, data: BCData, config: TrainConfig, device: torch.device) -> None:
         self.actor, self.data, self.config, self.device = actor, data, config, device
+        self.forward = captured(self._forward, use_graphs(config.compile, device))
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.config.bf16 and x.is_cuda):
+            return self.actor(x).float()
 
     def reset(self, goals: np.ndarray) -> None:
         norm = self.data.obs_norm
@@ -220,9 +216,8 @@ class BCPolicy:
         if self.data.goal_conditioned:
             x = np.concatenate([x, self.goal_n], 1)
         self.actor.eval()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.config.bf16 and self.device.type == "cuda"):
-            a = self.actor(torch.as_tensor(x, dtype=torch.float32, device=self.device))
-        return np.clip(a.float().cpu().numpy(), -1.0, 1.0)
+        a = self.forward(torch.as_tensor(x, dtype=torch.float32, device=self.device))
+        return np.clip(a.cpu().numpy(), -1.0, 1.0)
 
 
 # ============================================================================ main
@@ -238,24 +233,22 @@ def main(config: TrainConfig) -> dict:
     data = load_data(config, device, obs_norm)
     actor = Actor(data.in_dim, data.act_dim, config.hidden_dim, config.n_layers, config.dropout,
                   config.policy).to(device)
-    optimizer = torch.optim.AdamW(actor.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    step = 0
+    step, elapsed = 0, 0.0
     if state is not None:
         actor.load_state_dict(state["actor"])
-        optimizer.load_state_dict(state["optimizer"])
         set_rng_state(state["rng"])
-        step = state["step"]
+        step, elapsed = state["step"], state.get("train_wall_s", 0.0)
         print(f"[{algo}] resumed from step {step} ({run_dir})")
     print(f"[{algo}] {sum(p.numel() for p in actor.parameters()) / 1e6:.2f}M parameters on {device_name(device)}")
     logger = Logger(config, algo, run_dir, config.wandb_mode, config.project)
 
-    def run_eval(episodes: int):
-        return evaluate(task.name, BCPolicy(actor, data, config, device), episodes, config.eval_seed,
-                        num_envs=config.num_eval_envs)
+    policy = BCPolicy(actor, data, config, device)
 
-    t0 = time.time()
-    steps = train(config, data, actor, optimizer, step, run_dir, logger, device, run_eval)
-    train_wall = time.time() - t0
+    def run_eval(episodes: int):
+        return evaluate(task.name, policy, episodes, config.eval_seed, num_envs=config.num_eval_envs)
+
+    stages, checkpoint = training_stages(config, data, actor, device, state)
+    steps, train_wall = train_loop(algo, config, run_dir, logger, stages, step, checkpoint, run_eval, elapsed=elapsed)
     result = run_eval(config.eval_episodes)
     return finish_run(algo, config, run_dir, logger, data.info, result, steps, train_wall, device_name(device))
 

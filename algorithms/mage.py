@@ -14,17 +14,14 @@ Choices the paper leaves open are marked "(choice)" and listed in README.md.
 
 import math
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 from shared.buffer import Normalizer, SegmentBuffer, goal_returns_to_go, returns_to_go, split_trajectories  # noqa: E402
@@ -32,9 +29,10 @@ from shared.datasets import load_dataset  # noqa: E402
 from shared.evaluation import evaluate, require_evaluation  # noqa: E402
 from shared.logger import Logger, finish_run, prepare_run_dir  # noqa: E402
 from shared.tasks import get_task  # noqa: E402
+from shared.training import Stage, captured, load_optimizer, make_step, train_loop, use_graphs  # noqa: E402
+from shared.training import make_optimizer as make_adam  # noqa: E402
 from shared.utils import (  # noqa: E402
-    RunError, device_name, load_latest_checkpoint, resolve_device, rng_state, run_main, save_checkpoint,
-    set_rng_state, set_seed,
+    RunError, device_name, load_latest_checkpoint, resolve_device, rng_state, run_main, set_rng_state, set_seed,
 )
 
 
@@ -101,6 +99,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # gradient norm clip
     warmup_steps: int = 500  # linear warm-up at the start of each stage
     bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    compile: bool = True  # CUDA: every training step and every plan runs as a captured CUDA graph (CPU: eager)
     log_every: int = 200  # steps between logged training metrics
     checkpoint_every: int = 5000  # steps between checkpoints (and at the end of every stage)
     # --- evaluation
@@ -231,11 +230,20 @@ class TrajectoryEncoder(nn.Module):
         return self.net(x.transpose(1, 2))
 
 
+def resample_matrix(n_in: int, n_out: int, mode: str) -> torch.Tensor:
+    """F.interpolate over time as a fixed [n_in, n_out] matrix (x @ M == F.interpolate(x, n_out, mode)): one matmul
+    instead of upsample_linear1d, whose kernels (and backward) took most of a training step's GPU time."""
+    eye = torch.eye(n_in)[None]
+    extra = {"align_corners": False} if mode == "linear" else {}
+    return F.interpolate(eye, size=n_out, mode=mode, **extra)[0]
+
+
 class MultiScaleVQ(nn.Module):
     """VAR-style residual quantisation over time with one shared codebook.
 
     For each scale k (length l_k): area-downsample the residual to l_k, take the nearest code per position
-    (token map m_k), upsample back to L, refine with phi_k, subtract from the residual. sum_k z_k = f_hat.
+    (token map m_k), upsample back to L (linear), refine with phi_k, subtract from the residual. sum_k z_k = f_hat.
+    Both resamplings are fixed matrices (``resample_matrix``).
     """
 
     def __init__(self, scales: List[int], vocab: int, dim: int, beta: float, phi_ratio: float) -> None:
@@ -244,6 +252,9 @@ class MultiScaleVQ(nn.Module):
         self.codebook = nn.Embedding(vocab, dim)
         nn.init.uniform_(self.codebook.weight, -1.0 / vocab, 1.0 / vocab)
         self.phi = nn.ModuleList(nn.Conv1d(dim, dim, 3, padding=1) for _ in scales)
+        for k, length in enumerate(scales):  # not in the state dict: rebuilt from the scales
+            self.register_buffer(f"down{k}", resample_matrix(self.L, length, "area"), persistent=False)
+            self.register_buffer(f"up{k}", resample_matrix(length, self.L, "linear"), persistent=False)
         self.register_buffer("usage", torch.zeros(vocab))  # code hits since the last dead-code restart
         self.register_buffer("initialised", torch.tensor(False))
 
@@ -259,7 +270,7 @@ class MultiScaleVQ(nn.Module):
         q = self.codebook(idx) if onehot is None else onehot @ self.codebook.weight  # [B, l_k, dim]
         q = q.transpose(1, 2)
         if q.shape[-1] != self.L:
-            q = F.interpolate(q, size=self.L, mode="linear", align_corners=False)
+            q = q @ getattr(self, f"up{k}").to(q.dtype)
         return (1 - self.phi_ratio) * q + self.phi_ratio * self.phi[k](q)
 
     def embed_sequence(self, idx: Optional[torch.Tensor] = None, onehot: Optional[torch.Tensor] = None):
@@ -271,7 +282,13 @@ class MultiScaleVQ(nn.Module):
 
     def next_input(self, f_hat: torch.Tensor, k: int) -> torch.Tensor:
         """VAR's teacher input for scale k+1: the accumulated latent area-downsampled to l_{k+1}, [B, l, dim]."""
-        return F.interpolate(f_hat, size=self.scales[k + 1], mode="area").transpose(1, 2)
+        return self.downsample(f_hat, k + 1).transpose(1, 2)
+
+    def downsample(self, x: torch.Tensor, k: int) -> torch.Tensor:
+        """Area-downsample [B, dim, L] to scale k's length, in the input's precision (fp32 residuals stay fp32 under
+        autocast, so bf16 never flips a token choice)."""
+        with torch.autocast(x.device.type, enabled=False):
+            return x @ getattr(self, f"down{k}").to(x.dtype)
 
     def forward(self, f: torch.Tensor):
         """Quantise f [B, dim, L]. Returns (f_hat with straight-through gradient, token maps, VQ loss, z_k list)."""
@@ -283,7 +300,7 @@ class MultiScaleVQ(nn.Module):
         resid, f_hat = f_ng.clone(), torch.zeros_like(f_ng)
         idx_list, zs, loss = [], [], f.new_zeros(())
         for k, length in enumerate(self.scales):
-            r_k = F.interpolate(resid, size=length, mode="area") if length != self.L else resid
+            r_k = self.downsample(resid, k) if length != self.L else resid
             idx = self.nearest(r_k)
             z = self.embed_scale(k, idx)
             f_hat = f_hat + z
@@ -343,7 +360,7 @@ class ConditionGuidedDecoder(nn.Module):
             for block in blocks:
                 h = block(h, c)
             if i < len(self.up):
-                h = self.up[i](F.interpolate(h, scale_factor=2, mode="nearest"))
+                h = self.up[i](h.unsqueeze(-1).expand(*h.shape, 2).flatten(-2))  # nearest x2 (cheap backward)
         return self.out(h).transpose(1, 2)
 
     def adapter_parameters(self):
@@ -469,8 +486,9 @@ class MultiScaleTransformer(nn.Module):
                 idx_list.append(onehot.argmax(-1))
                 z = vq.embed_scale(k, onehot=onehot)
             else:
-                if temperature > 0:
-                    idx = torch.distributions.Categorical(logits=logits / temperature).sample()
+                if temperature > 0:  # Gumbel-max: a sample of softmax(logits / T), graph-safe (no multinomial)
+                    u = torch.rand_like(logits).clamp_(1e-10, 1.0)
+                    idx = (logits / temperature - torch.log(-torch.log(u))).argmax(-1)
                 else:
                     idx = logits.argmax(-1)
                 idx_list.append(idx)
@@ -526,7 +544,7 @@ def masked_mse(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> 
     return (err * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-def autoencoder_loss(model: MAGE, batch: dict, config: TrainConfig, per_scale: bool = False):
+def autoencoder_loss(model: MAGE, batch: dict, config: TrainConfig):
     """Stage 1: reconstruction + VQ, and L_inv pre-training of the head on the (detached) true latent."""
     x, cond, mask = batch["x"], batch["cond"][:, 0], batch["mask"]
     f_st, idx_list, vq_loss, zs = model.vq(model.encoder(x))
@@ -536,20 +554,28 @@ def autoencoder_loss(model: MAGE, batch: dict, config: TrainConfig, per_scale: b
     inv = masked_mse(act, batch["actions"][:, :A], mask[:, :A])
     loss = recon + vq_loss + config.w_inv * inv
     stats = {"ae/recon": recon.detach(), "ae/vq": vq_loss.detach(), "ae/inv": inv.detach()}  # tensors: no sync
-    if per_scale:  # reconstruction from the first k scales only: should fall as k grows
-        with torch.no_grad():
-            partial = torch.zeros_like(zs[0])
-            for k, z in enumerate(zs):
-                partial = partial + z
-                stats[f"ae/recon_scale{k + 1}"] = masked_mse(model.decode(partial, cond), x, mask).item()
-            counts = torch.bincount(torch.cat([i.flatten() for i in idx_list]), minlength=config.codebook_size)
-            p = counts.float() / counts.sum()
-            stats["ae/perplexity"] = torch.exp(-(p * (p + 1e-10).log()).sum()).item()
-            stats["ae/codebook_usage"] = (counts > 0).float().mean().item()
     return loss, stats
 
 
-def transformer_loss(model: MAGE, batch: dict, config: TrainConfig, per_scale: bool = False):
+@torch.no_grad()
+def autoencoder_diagnostics(model: MAGE, batch: dict, config: TrainConfig) -> dict:
+    """Stage 1's log-step metrics (outside the training step): reconstruction from the first k scales only (should
+    fall as k grows), codebook perplexity and usage."""
+    x, cond, mask = batch["x"], batch["cond"][:, 0], batch["mask"]
+    model.eval()
+    _, idx_list, _, zs = model.vq(model.encoder(x))
+    stats, partial = {}, torch.zeros_like(zs[0])
+    for k, z in enumerate(zs):
+        partial = partial + z
+        stats[f"ae/recon_scale{k + 1}"] = masked_mse(model.decode(partial, cond), x, mask)
+    counts = torch.bincount(torch.cat([i.flatten() for i in idx_list]), minlength=config.codebook_size)
+    p = counts.float() / counts.sum()
+    stats["ae/perplexity"] = torch.exp(-(p * (p + 1e-10).log()).sum())
+    stats["ae/codebook_usage"] = (counts > 0).float().mean()
+    return stats
+
+
+def transformer_loss(model: MAGE, batch: dict, config: TrainConfig):
     """Stage 2: next-scale cross-entropy on the token maps of the frozen autoencoder; the inverse-dynamics head
     keeps learning L_inv on the latent of the transformer's predicted (argmax) tokens."""
     cond = batch["cond"][:, 0]
@@ -558,10 +584,16 @@ def transformer_loss(model: MAGE, batch: dict, config: TrainConfig, per_scale: b
         inputs = model.teacher_inputs(zs)
     logits = model.transformer(cond, inputs)
     target = torch.cat(idx_list, 1)
-    ce = F.cross_entropy(logits.float().flatten(0, 1), target.flatten())
+    per_token = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), reduction="none").view(target.shape)
+    ce = per_token.mean()
     pred = logits.detach().argmax(-1)
     hits = (pred == target).float()
     stats = {"tf/ce": ce.detach(), "tf/token_acc": hits.mean()}
+    # per scale: which scales are hard to predict (coarse ones carry the plan, fine ones the collection noise)
+    b = model.transformer.bounds
+    for k in range(len(b) - 1):
+        stats[f"tf/ce_scale{k + 1}"] = per_token[:, b[k]:b[k + 1]].detach().mean()
+        stats[f"tf/token_acc_scale{k + 1}"] = hits[:, b[k]:b[k + 1]].mean()
     loss = ce
     if config.inverse_stage2:
         # (choice) the head needs many more updates than stage 1 gives it (the action of a maze state is a sharp
@@ -572,14 +604,6 @@ def transformer_loss(model: MAGE, batch: dict, config: TrainConfig, per_scale: b
         inv = masked_mse(model.inverse(f_pred, cond), batch["actions"][:, :A], batch["mask"][:, :A])
         loss = loss + config.w_inv * inv
         stats["tf/inv"] = inv.detach()
-    if per_scale:  # which scales are hard to predict: coarse ones carry the plan, fine ones the collection noise
-        with torch.no_grad():
-            b = model.transformer.bounds
-            per_token = F.cross_entropy(logits.float().flatten(0, 1), target.flatten(), reduction="none")
-            per_token = per_token.view(target.shape)
-            for k in range(len(b) - 1):
-                stats[f"tf/ce_scale{k + 1}"] = per_token[:, b[k]:b[k + 1]].mean()
-                stats[f"tf/token_acc_scale{k + 1}"] = hits[:, b[k]:b[k + 1]].mean()
     return loss, stats
 
 
@@ -616,34 +640,49 @@ def end_to_end_loss(model: MAGE, batch: dict, config: TrainConfig):
 
 # ============================================================================ training
 STAGES = ("autoencoder", "transformer", "end_to_end")
+STAGE_LOSSES = {"autoencoder": autoencoder_loss, "transformer": transformer_loss, "end_to_end": end_to_end_loss}
 
 
-def stage_of(step: int, config: TrainConfig) -> str:
-    if step < config.ae_steps:
-        return "autoencoder"
-    return "transformer" if step < config.ae_steps + config.tf_steps else "end_to_end"
-
-
-def make_optimizer(model: MAGE, stage: str, config: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: MAGE, stage: str, config: TrainConfig, captured: bool = False) -> torch.optim.Optimizer:
     """Each stage trains its own parameters; the others are frozen (requires_grad off)."""
     model.requires_grad_(False)
     if stage == "autoencoder":
         params = [*model.encoder.parameters(), *model.vq.parameters(), *model.inverse.parameters(),
                   *(p for n, p in model.decoder.named_parameters() if ".adapter." not in n)]
-        lr = config.lr
     elif stage == "transformer":
-        params, lr = list(model.transformer.parameters()), config.lr
+        params = list(model.transformer.parameters())
         if config.inverse_stage2:
             params += model.inverse.parameters()
     else:
         params = [*model.transformer.parameters(), *model.inverse.parameters()]
         if config.decoder_condition:
             params += model.decoder.adapter_parameters()
-        lr = config.e2e_lr
     for p in params:
         p.requires_grad_(True)
-    fused = all(p.is_cuda for p in params)  # one kernel for the whole update: MAGE's step is launch-bound on a GPU
-    return torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay, fused=fused)
+    lr = config.e2e_lr if stage == "end_to_end" else config.lr
+    return make_adam(params, lr, "adamw", captured, weight_decay=config.weight_decay)
+
+
+def update(model: MAGE, optimizer: torch.optim.Optimizer, batch: dict, config: TrainConfig, stage: str) -> dict:
+    """One gradient step of ``stage`` on ``batch``; returns its stats as tensors (no host sync: capturable)."""
+    model.train()
+    if stage != "autoencoder":  # the autoencoder is frozen after stage 1
+        model.encoder.eval(), model.vq.eval()
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.bf16 and batch["x"].is_cuda):
+        loss, stats = STAGE_LOSSES[stage](model, batch, config)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+    optimizer.step()
+    return {**stats, "train/loss": loss.detach(), "train/grad_norm": grad_norm}
+
+
+def sample_batch(data: TrajectoryData, config: TrainConfig) -> dict:
+    batch = data.buffer.sample(config.batch_size, end_fraction=config.end_fraction)
+    if data.goal_conditioned and config.goal_absorbing:
+        batch = absorb_goal(batch, config.discount, data.rest_state)
+    return batch
 
 
 def lr_factor(step_in_stage: int, stage_steps: int, warmup: int) -> float:
@@ -660,95 +699,78 @@ def stage_bounds(stage: str, config: TrainConfig) -> tuple[int, int]:
     return starts[stage], lengths[stage]
 
 
+def training_stages(config: TrainConfig, data: TrajectoryData, model: MAGE, device: torch.device,
+                    saved: Optional[dict] = None) -> tuple[list[Stage], Callable[[], dict]]:
+    """The three stages for shared.training.train_loop, and the checkpoint contents. Each stage's optimiser is built
+    when the stage begins (and loaded from ``saved`` when a run resumes inside it)."""
+    graphs = use_graphs(config.compile, device)
+    current: dict = {}  # the running stage's optimiser, for checkpoints
+
+    def stage(name: str) -> Stage:
+        start, length = stage_bounds(name, config)
+
+        def begin():
+            opt = make_optimizer(model, name, config, captured=graphs)
+            if saved is not None and saved.get("stage") == name and saved["step"] < start + length:
+                load_optimizer(opt, saved["optimizer"])  # resumed mid-stage
+            current["optimizer"] = opt
+            base = config.e2e_lr if name == "end_to_end" else config.lr
+            return make_step(lambda batch: update(model, opt, batch, config, name),
+                             lambda: sample_batch(data, config), [opt],
+                             lr=lambda i: base * lr_factor(i - start, length, config.warmup_steps), graph=graphs)
+
+        after = diagnostics = None
+        if name == "autoencoder":
+            def after(i: int):
+                if config.dead_code_every and i % config.dead_code_every == 0:
+                    return {"ae/dead_codes_restarted": model.vq.restart_dead_codes()}
+
+            def diagnostics():
+                return autoencoder_diagnostics(model, sample_batch(data, config), config)
+        return Stage(name, start + length, begin, after, diagnostics)
+
+    def checkpoint() -> dict:
+        return {"model": model.state_dict(), "optimizer": current["optimizer"].state_dict(), "rng": rng_state(),
+                "config": vars(config).copy(), "obs_norm": data.obs_norm.state_dict()}
+
+    return [stage(n) for n in STAGES], checkpoint
+
+
 def train(config: TrainConfig, data: TrajectoryData, model: MAGE, run_dir: Path, logger: Logger,
-          device: torch.device, evaluate_fn=None) -> int:
-    """Run the three stages from the newest checkpoint (if resuming) to the end; returns the final step."""
-    total = config.ae_steps + config.tf_steps + config.e2e_steps
-    step, stage, optimizer = 0, None, None
+          device: torch.device, evaluate_fn=None) -> tuple[int, float]:
+    """Run the three stages from the newest checkpoint (if resuming) to the end; returns (final step, training
+    wall time, including the time before a resume)."""
+    step, elapsed, saved = 0, 0.0, None
     if config.resume:
-        state = load_latest_checkpoint(run_dir, map_location=device)
-        if state is not None:
-            model.load_state_dict(state["model"])
-            step = state["step"]
-            if step < total:
-                stage = stage_of(step, config)
-                optimizer = make_optimizer(model, stage, config)
-                if state.get("stage") == stage:
-                    optimizer.load_state_dict(state["optimizer"])
-            set_rng_state(state["rng"])
+        saved = load_latest_checkpoint(run_dir, map_location=device)
+        if saved is not None:
+            model.load_state_dict(saved["model"])
+            step, elapsed = saved["step"], saved.get("train_wall_s", 0.0)
+            set_rng_state(saved["rng"])
             print(f"[mage] resumed from step {step} ({run_dir})")
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.bf16 and device.type == "cuda")
-    bar = tqdm(total=total, initial=step, desc="mage", dynamic_ncols=True, disable=not sys.stderr.isatty())
-    last_print = time.time()
-    while step < total:
-        if stage_of(step, config) != stage:
-            stage = stage_of(step, config)
-            optimizer = make_optimizer(model, stage, config)
-            bar.set_description(f"mage [{stage}]")
-        start, length = stage_bounds(stage, config)
-        for group in optimizer.param_groups:
-            base = config.e2e_lr if stage == "end_to_end" else config.lr
-            group["lr"] = base * lr_factor(step - start, length, config.warmup_steps)
-        model.train()
-        batch = data.buffer.sample(config.batch_size, end_fraction=config.end_fraction)
-        if data.goal_conditioned and config.goal_absorbing:
-            batch = absorb_goal(batch, config.discount, data.rest_state)
-        log_now = (step + 1) % config.log_every == 0
-        with autocast:
-            if stage == "autoencoder":
-                loss, stats = autoencoder_loss(model, batch, config, per_scale=log_now)
-            elif stage == "transformer":
-                model.encoder.eval(), model.vq.eval()
-                loss, stats = transformer_loss(model, batch, config, per_scale=log_now)
-            else:
-                model.encoder.eval(), model.vq.eval()
-                loss, stats = end_to_end_loss(model, batch, config)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(
-            [p for g in optimizer.param_groups for p in g["params"]], config.grad_clip)
-        optimizer.step()
-        step += 1
-        bar.update(1)
-        stage_end = step in (config.ae_steps, config.ae_steps + config.tf_steps, total)
-        save_now = step % config.checkpoint_every == 0 or stage_end
-        # NaN guard on log and checkpoint steps only (a check every step would sync the GPU every step); NaN
-        # weights stay NaN, so a bad step is still caught before any checkpoint could hold it
-        if (log_now or save_now) and not torch.isfinite(loss):
-            last = sorted(run_dir.glob("checkpoint_*.pt"))
-            raise RunError(f"{stage} loss became {loss.item()} by step {step}; stopped, the last good checkpoint "
-                           f"is {last[-1] if last else 'none (no checkpoint written yet)'}")
-        if stage == "autoencoder" and config.dead_code_every and step % config.dead_code_every == 0:
-            stats["ae/dead_codes_restarted"] = model.vq.restart_dead_codes()
-        if log_now:
-            stats = {k: float(v) for k, v in stats.items()}
-            logger.log({**stats, "train/loss": loss.item(), "train/grad_norm": grad_norm.item(),
-                        "train/lr": optimizer.param_groups[0]["lr"]}, step)
-            bar.set_postfix({k.split("/")[1]: f"{v:.3g}" for k, v in list(stats.items())[:3]})
-            if bar.disable and time.time() - last_print > 30:  # no TTY (batch jobs): a plain line every 30 s
-                print(f"[mage] step {step}/{total} {stage} loss {loss.item():.4f}", flush=True)
-                last_print = time.time()
-        if save_now:
-            save_checkpoint(run_dir, step, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                            "stage": stage, "rng": rng_state(), "config": vars(config).copy(),
-                                            "obs_norm": data.obs_norm.state_dict()})
-        if (evaluate_fn is not None and config.eval_every and step > config.ae_steps
-                and step % config.eval_every == 0 and step < total):
-            res = evaluate_fn(config.eval_episodes_during)
-            logger.log({"eval/normalized_score": res.score_mean, "eval/return": res.return_mean}, step)
-    bar.close()
-    return step
+    stages, checkpoint = training_stages(config, data, model, device, saved)
+    return train_loop("mage", config, run_dir, logger, stages, step, checkpoint, evaluate_fn,
+                      eval_from=config.ae_steps, elapsed=elapsed)
 
 
 # ============================================================================ evaluation
 class MagePolicy:
     """Plans K scales from (s_t, R_t [, g]) and acts with the latent inverse-dynamics head (shared.evaluation's
-    Policy protocol). Replans every ``replan_every`` steps; reward tasks lower R by the rewards received (as DT)."""
+    Policy protocol). Replans every ``replan_every`` steps; reward tasks lower R by the rewards received (as DT).
+    On CUDA with ``compile`` the K-pass plan is a CUDA graph per batch size (captured at the first plan of that
+    size, replayed after, on the live weights): keep one policy for every evaluation of a run."""
 
     def __init__(self, model: MAGE, data: TrajectoryData, config: TrainConfig, device: torch.device) -> None:
         if config.replan_every > config.action_horizon:
             raise RunError(f"replan_every ({config.replan_every}) > action_horizon ({config.action_horizon})")
         self.model, self.data, self.config, self.device = model, data, config, device
+        self.plan_actions = captured(self._plan_actions, use_graphs(config.compile, device))
+
+    def _plan_actions(self, cond: torch.Tensor) -> torch.Tensor:
+        """Condition [N, cond_dim] -> the next action_horizon actions [N, A, act_dim] (fp32)."""
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.config.bf16 and cond.is_cuda):
+            f_hat, _ = self.model.transformer.generate(cond, self.model.vq, self.config.temperature)
+            return self.model.inverse(f_hat, cond).float()
 
     def reset(self, goals: np.ndarray) -> None:
         n = len(goals)
@@ -764,11 +786,8 @@ class MagePolicy:
             self.rtg = self.rtg - last_rewards.astype(np.float32) / self.config.rtg_scale
         k = self.t % self.config.replan_every
         if k == 0:
-            cond = self.condition(obs)
             self.model.eval()
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.config.bf16 and self.device.type == "cuda"):
-                f_hat, _ = self.model.transformer.generate(cond, self.model.vq, self.config.temperature)
-                self.plan = self.model.inverse(f_hat, cond).float().cpu().numpy()
+            self.plan = self.plan_actions(self.condition(obs)).cpu().numpy()
         self.t += 1
         return np.clip(self.plan[:, k], -1.0, 1.0)
 
@@ -795,13 +814,13 @@ def main(config: TrainConfig) -> dict:
     print(f"[mage] {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {device_name(device)}")
     logger = Logger(config, "mage", run_dir, config.wandb_mode, config.project)
 
-    def run_eval(episodes: int):
-        return evaluate(task.name, MagePolicy(model, data, config, device), episodes, config.eval_seed,
-                        num_envs=config.num_eval_envs, progress=sys.stderr.isatty())
+    policy = MagePolicy(model, data, config, device)
 
-    t0 = time.time()
-    steps = train(config, data, model, run_dir, logger, device, run_eval)
-    train_wall = time.time() - t0
+    def run_eval(episodes: int):
+        return evaluate(task.name, policy, episodes, config.eval_seed, num_envs=config.num_eval_envs,
+                        progress=sys.stderr.isatty())
+
+    steps, train_wall = train(config, data, model, run_dir, logger, device, run_eval)
     result = run_eval(config.eval_episodes)
     return finish_run("mage", config, run_dir, logger, data.info, result, steps, train_wall, device_name(device))
 
