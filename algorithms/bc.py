@@ -156,7 +156,7 @@ class Actor(nn.Module):
         a = actions.clamp(-1 + 1e-4, 1 - 1e-4)
         u = torch.atanh(a)
         # log N(u; mean, std) - log|d tanh(u)/du|: the tanh-Gaussian's density at the dataset action
-        logp = torch.distributions.Normal(mean, log_std.exp()).log_prob(u) - torch.log1p(-a.pow(2))
+        logp = torch.distributions.Normal(mean, log_std.exp(), validate_args=False).log_prob(u) - torch.log1p(-a.pow(2))
         nll = -logp.sum(-1).mean()
         mse = (torch.tanh(mean) - actions).pow(2).mean()
         return nll, {"bc/nll": nll.detach(), "bc/mse": mse.detach()}

@@ -18,16 +18,14 @@ Choices the paper leaves open, and departures from it, are marked "(choice)".
 import copy
 import math
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List, Optional
+from typing import Callable, List, Optional
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
@@ -36,9 +34,9 @@ from shared.datasets import load_dataset  # noqa: E402
 from shared.evaluation import evaluate, require_evaluation  # noqa: E402
 from shared.logger import Logger, finish_run, prepare_run_dir  # noqa: E402
 from shared.tasks import get_task  # noqa: E402
+from shared.training import Stage, captured, load_optimizer, make_optimizer, make_step, train_loop, use_graphs  # noqa: E402
 from shared.utils import (  # noqa: E402
-    RunError, device_name, load_latest_checkpoint, resolve_device, rng_state, run_main, save_checkpoint,
-    set_rng_state, set_seed,
+    RunError, device_name, load_latest_checkpoint, resolve_device, rng_state, run_main, set_rng_state, set_seed,
 )
 
 
@@ -83,7 +81,7 @@ class TrainConfig:
     ema_every: int = 10  # steps between EMA updates
     ema_start: int = 1000  # before this step the EMA copies the weights
     bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
-    compile: bool = False  # CUDA: torch.compile the training denoiser (reduce-overhead: CUDA graphs; ~20 s to build)
+    compile: bool = True  # CUDA: every training step and unguided plan run as captured CUDA graphs (CPU: eager)
     cpu_threads: int = 0  # CPU runs: torch threads (0: torch's default); 1 avoids thread thrashing on a busy machine
     log_every: int = 200  # steps between logged training metrics
     checkpoint_every: int = 5000  # steps between checkpoints (and at the end)
@@ -161,11 +159,15 @@ def load_data(config: TrainConfig, device: torch.device) -> TrajectoryData:
                           value_stats, info)
 
 
-def sample_batch(data: TrajectoryData, batch_size: int) -> dict:
-    batch = data.buffer.sample(batch_size)
+def sample_batch(data: TrajectoryData, config: TrainConfig) -> dict:
+    """Segments x [B, H, D] (rest padding on maze tasks) and, with value guidance, the standardised value target."""
+    batch = data.buffer.sample(config.batch_size)
     if data.rest_dims is not None:  # (choice) the agent rests at its goal after the trajectory ends
         pad = (batch["mask"] == 0)[..., None] & data.rest_dims
         batch["x"] = torch.where(pad, data.rest_values, batch["x"])
+    if "value" in batch:
+        v_mean, v_std = data.value_stats
+        batch["value_target"] = (batch["value"][:, 0] - v_mean) / v_std
     return batch
 
 
@@ -325,16 +327,14 @@ class Diffuser(nn.Module):
         ab = self.alphas_cumprod[t][:, None, None]
         return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
 
-    def losses(self, x0: torch.Tensor, cond_mask: torch.Tensor, value_target: Optional[torch.Tensor] = None,
-               denoiser: Optional[nn.Module] = None):
+    def losses(self, x0: torch.Tensor, cond_mask: torch.Tensor, value_target: Optional[torch.Tensor] = None):
         """Denoising loss (weighted MSE on x0 or noise) and, with value guidance, the value regression loss.
-        Training conditions on the segment's own states at the inpainted indices, as at planning time.
-        ``denoiser``: a compiled view of self.denoiser (same parameters) to run instead."""
+        Training conditions on the segment's own states at the inpainted indices, as at planning time."""
         B = x0.shape[0]
         t = torch.randint(0, self.T, (B,), device=x0.device)
         noise = torch.randn_like(x0)
         x_noisy = apply_conditioning(self.q_sample(x0, t, noise), cond_mask, x0)
-        out = (self.denoiser if denoiser is None else denoiser)(x_noisy, t).float()
+        out = self.denoiser(x_noisy, t).float()
         if self.predict_epsilon:
             free = (~cond_mask).float()  # (choice) no loss on inpainted entries, whose noise is unobservable
             err = (out - noise).pow(2) * self.loss_weights * free
@@ -430,76 +430,65 @@ def training_conditions(model: Diffuser, goal_conditioned: bool, device: torch.d
     return mask
 
 
-def train(config: TrainConfig, data: TrajectoryData, model: Diffuser, ema: EMA, run_dir: Path, logger: Logger,
-          device: torch.device, evaluate_fn=None) -> int:
-    """Train from the newest checkpoint (if resuming) to train_steps; returns the final step."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, fused=device.type == "cuda" or None,
-                                 foreach=device.type != "cuda" or None)
-    step = 0
-    if config.resume:
-        state = load_latest_checkpoint(run_dir, map_location=device)
-        if state is not None:
-            saved = Normalizer.from_state_dict(state["x_norm"])
-            if not (np.allclose(saved.mean, data.x_norm.mean) and np.allclose(saved.std, data.x_norm.std)):
-                raise RunError(f"the dataset's normalisation differs from the checkpoint's in {run_dir}; "
-                               "resume with the same dataset settings")
-            model.load_state_dict(state["model"])
-            ema.model.load_state_dict(state["ema"])
-            optimizer.load_state_dict(state["optimizer"])
-            set_rng_state(state["rng"])
-            step = state["step"]
-            print(f"[diffuser] resumed from step {step} ({run_dir})")
-    cond_mask = training_conditions(model, data.goal_conditioned, device)
-    v_mean, v_std = data.value_stats
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.bf16 and device.type == "cuda")
+def update(model: Diffuser, optimizer: torch.optim.Optimizer, batch: dict, config: TrainConfig,
+           cond_mask: torch.Tensor) -> dict:
+    """One gradient step on a batch (``cond_mask``: ``training_conditions``); stats are tensors (no host sync: the
+    step can be captured as a CUDA graph). The EMA is updated between steps (``training_stages``' after_step)."""
+    model.train()
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.bf16 and batch["x"].is_cuda):
+        loss, stats = model.losses(batch["x"], cond_mask, batch.get("value_target"))
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
     nets = [model.denoiser] + ([model.value] if model.value is not None else [])
-    denoiser = model.denoiser
-    if config.compile and device.type == "cuda":  # launch-bound small U-Net: CUDA graphs cut a step ~3x
-        denoiser = torch.compile(model.denoiser, mode="reduce-overhead")
-    bar = tqdm(total=config.train_steps, initial=step, desc="diffuser", dynamic_ncols=True,
-               disable=not sys.stderr.isatty())
-    last_print = time.time()
-    bad_loss = torch.zeros((), device=device)  # first non-finite loss seen (checked without a sync every step)
-    while step < config.train_steps:
-        model.train()
-        batch = sample_batch(data, config.batch_size)
-        target = (batch["value"][:, 0] - v_mean) / v_std if model.value is not None else None
-        with autocast:
-            loss, stats = model.losses(batch["x"], cond_mask, target, denoiser)
-        bad_loss = torch.where(torch.isfinite(loss) | ~torch.isfinite(bad_loss), bad_loss, loss.detach())
-        log_now = (step + 1) % config.log_every == 0
-        save_now = (step + 1) % config.checkpoint_every == 0 or step + 1 == config.train_steps
-        if (log_now or save_now) and not torch.isfinite(bad_loss):  # checked before every log and checkpoint
-            last = sorted(run_dir.glob("checkpoint_*.pt"))
-            raise RunError(f"loss became {bad_loss.item()} by step {step + 1}; stopped, the last good checkpoint is "
-                           f"{last[-1] if last else 'none (no checkpoint written yet)'}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norms = [torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip or float("inf"))
-                      for net in nets]
-        optimizer.step()
-        step += 1
-        bar.update(1)
-        if step % config.ema_every == 0:
-            ema.update(model, copy_only=step < config.ema_start)
-        if log_now:
-            stats = {k: v.item() for k, v in stats.items()}
-            logger.log({**stats, "train/loss": loss.item(), "train/grad_norm": grad_norms[0].item()}, step)
-            bar.set_postfix({k.split("/")[1]: f"{v:.3g}" for k, v in stats.items()})
-            if bar.disable and time.time() - last_print > 30:  # no TTY (batch jobs): a plain line every 30 s
-                print(f"[diffuser] step {step}/{config.train_steps} loss {loss.item():.4f}", flush=True)
-                last_print = time.time()
-        if save_now:
-            save_checkpoint(run_dir, step, {"model": model.state_dict(), "ema": ema.model.state_dict(),
-                                            "optimizer": optimizer.state_dict(), "rng": rng_state(),
-                                            "config": vars(config).copy(), "x_norm": data.x_norm.state_dict(),
-                                            "value_stats": list(data.value_stats)})
-        if evaluate_fn is not None and config.eval_every and step % config.eval_every == 0 \
-                and step < config.train_steps:
-            res = evaluate_fn(config.eval_episodes_during)
-            logger.log({"eval/normalized_score": res.score_mean, "eval/return": res.return_mean}, step)
-    bar.close()
-    return step
+    grad_norms = [torch.nn.utils.clip_grad_norm_(net.parameters(), config.grad_clip or float("inf"))
+                  for net in nets]  # per network: the value function's gradients never shrink the denoiser's
+    optimizer.step()
+    return {**stats, "train/loss": loss.detach(), "train/grad_norm": grad_norms[0]}
+
+
+def training_stages(config: TrainConfig, data: TrajectoryData, model: Diffuser, ema: EMA, device: torch.device,
+                    saved: Optional[dict] = None) -> tuple[list[Stage], Callable[[], dict]]:
+    """One stage of ``config.train_steps`` updates (EMA every ema_every steps) for shared.training.train_loop, and
+    the checkpoint contents."""
+    graphs = use_graphs(config.compile, device)
+    extra = {"foreach": True} if device.type == "cpu" else {}  # CPU: one multi-tensor update for the many U-Net tensors
+    optimizer = make_optimizer(model.parameters(), config.lr, "adam", graphs, **extra)
+    if saved is not None:
+        load_optimizer(optimizer, saved["optimizer"])
+    cond_mask = training_conditions(model, data.goal_conditioned, device)
+
+    def begin():
+        return make_step(lambda batch: update(model, optimizer, batch, config, cond_mask),
+                         lambda: sample_batch(data, config), [optimizer], graph=graphs)
+
+    def after_step(i: int) -> None:  # eager, between steps; i counts the steps done
+        if i % config.ema_every == 0:
+            ema.update(model, copy_only=i < config.ema_start)
+
+    def checkpoint() -> dict:
+        return {"model": model.state_dict(), "ema": ema.model.state_dict(), "optimizer": optimizer.state_dict(),
+                "rng": rng_state(), "config": vars(config).copy(), "x_norm": data.x_norm.state_dict(),
+                "value_stats": list(data.value_stats)}
+
+    return [Stage("train", config.train_steps, begin, after_step)], checkpoint
+
+
+def resume(config: TrainConfig, data: TrajectoryData, model: Diffuser, ema: EMA, run_dir: Path,
+           device: torch.device) -> tuple[int, float, Optional[dict]]:
+    """With ``config.resume``: model, EMA and RNG from the newest checkpoint in run_dir. Returns (step, training
+    time so far, the checkpoint for ``training_stages``), or (0, 0.0, None) for a fresh run."""
+    state = load_latest_checkpoint(run_dir, map_location=device) if config.resume else None
+    if state is None:
+        return 0, 0.0, None
+    saved = Normalizer.from_state_dict(state["x_norm"])
+    if not (np.allclose(saved.mean, data.x_norm.mean) and np.allclose(saved.std, data.x_norm.std)):
+        raise RunError(f"the dataset's normalisation differs from the checkpoint's in {run_dir}; "
+                       "resume with the same dataset settings")
+    model.load_state_dict(state["model"])
+    ema.model.load_state_dict(state["ema"])
+    set_rng_state(state["rng"])
+    print(f"[diffuser] resumed from step {state['step']} ({run_dir})")
+    return state["step"], state.get("train_wall_s", 0.0), state
 
 
 # ============================================================================ evaluation
@@ -510,12 +499,21 @@ class DiffuserPolicy:
     H-1, then Diffuser's maze2d controller: a = (x_next - x) + (v_next - v) towards the next planned state; once
     the plan is used up, towards (goal, 0). Reward tasks: replan every step, n_plans guided samples per env,
     execute the first action of the highest-value plan.
+    On CUDA with ``compile`` an unguided plan (all denoising steps, with inpainting) is one CUDA graph per batch
+    size, replayed on the live (EMA) weights: keep one policy for every evaluation of a run. Value-guided sampling
+    needs autograd inside and stays eager.
     """
 
     def __init__(self, model: Diffuser, data: TrajectoryData, config: TrainConfig, device: torch.device) -> None:
         self.model, self.data, self.config, self.device = model, data, config, device
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.bf16 and device.type == "cuda")
         self.D = data.obs_dim + data.act_dim
+        self.plan_unguided = captured(self._plan_unguided, use_graphs(config.compile, device))
+
+    def _plan_unguided(self, mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Inpainting mask and values [N, H, D] -> a sampled plan [N, H, D] (fp32): a function of tensors only."""
+        c = self.config
+        return self.model.sample(mask, values, c.n_sample_steps, c.sample_eta, autocast=self.autocast)
 
     def reset(self, goals: np.ndarray) -> None:
         self.goals = np.asarray(goals, np.float32)
@@ -540,11 +538,14 @@ class DiffuserPolicy:
         return mask, values
 
     def sample(self, mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """A plan per row of (mask, values). Unguided plans are the captured function's static output: read them
+        before the next plan."""
         c = self.config
         self.model.eval()
-        x = self.model.sample(mask, values, c.n_sample_steps, c.sample_eta, c.guide_scale, c.n_guide_steps,
-                              c.t_stopgrad, c.scale_grad_by_std, self.autocast)
-        return x
+        if self.model.value is None or c.guide_scale <= 0 or c.n_guide_steps <= 0:
+            return self.plan_unguided(mask, values)
+        return self.model.sample(mask, values, c.n_sample_steps, c.sample_eta, c.guide_scale, c.n_guide_steps,
+                                 c.t_stopgrad, c.scale_grad_by_std, self.autocast)
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, last_rewards: np.ndarray) -> np.ndarray:
@@ -597,16 +598,19 @@ def main(config: TrainConfig) -> dict:
     data = load_data(config, device)
     model = Diffuser(config, data.obs_dim, data.act_dim).to(device)
     ema = EMA(model, config.ema_decay)
+    step, elapsed, state = resume(config, data, model, ema, run_dir, device)
     print(f"[diffuser] {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {device_name(device)}")
     logger = Logger(config, "diffuser", run_dir, config.wandb_mode, config.project)
 
-    def run_eval(episodes: int):
-        return evaluate(task.name, DiffuserPolicy(ema.model, data, config, device), episodes, config.eval_seed,
-                        num_envs=config.num_eval_envs, progress=sys.stderr.isatty())
+    policy = DiffuserPolicy(ema.model, data, config, device)  # one policy: its CUDA graphs persist (EMA weights)
 
-    t0 = time.time()
-    steps = train(config, data, model, ema, run_dir, logger, device, run_eval)
-    train_wall = time.time() - t0
+    def run_eval(episodes: int):
+        return evaluate(task.name, policy, episodes, config.eval_seed, num_envs=config.num_eval_envs,
+                        progress=sys.stderr.isatty())
+
+    stages, checkpoint = training_stages(config, data, model, ema, device, state)
+    steps, train_wall = train_loop("diffuser", config, run_dir, logger, stages, step, checkpoint, run_eval,
+                                   elapsed=elapsed)
     result = run_eval(config.eval_episodes)
     return finish_run("diffuser", config, run_dir, logger, data.info, result, steps, train_wall, device_name(device))
 

@@ -12,16 +12,14 @@ Run:  python algorithms/dt.py --config configs/dt/maze2d-umaze.yaml [--field val
 """
 
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
@@ -30,9 +28,9 @@ from shared.datasets import load_dataset  # noqa: E402
 from shared.evaluation import evaluate, require_evaluation  # noqa: E402
 from shared.logger import Logger, finish_run, prepare_run_dir  # noqa: E402
 from shared.tasks import get_task  # noqa: E402
+from shared.training import Stage, captured, load_optimizer, make_optimizer, make_step, train_loop, use_graphs  # noqa: E402
 from shared.utils import (  # noqa: E402
-    RunError, device_name, load_latest_checkpoint, resolve_device, rng_state, run_main, save_checkpoint,
-    set_rng_state, set_seed,
+    RunError, device_name, load_latest_checkpoint, resolve_device, rng_state, run_main, set_rng_state, set_seed,
 )
 
 
@@ -74,6 +72,7 @@ class TrainConfig:
     grad_clip: float = 0.25  # gradient norm clip
     warmup_steps: int = 10_000  # linear learning-rate warm-up, then constant (as the paper)
     bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    compile: bool = True  # CUDA: every training step and the policy's forward run as captured CUDA graphs (CPU: eager)
     log_every: int = 1000  # steps between logged training metrics
     checkpoint_every: int = 20_000  # steps between checkpoints (and at the end)
     # --- evaluation
@@ -206,65 +205,75 @@ def dt_loss(model: DecisionTransformer, batch: dict) -> tuple[torch.Tensor, dict
     mask = batch["mask"]
     err = (pred.float() - batch["actions"].float()).pow(2).mean(-1)
     loss = (err * mask).sum() / mask.sum().clamp_min(1.0)
-    return loss, {"dt/action_mse": loss.item()}
+    return loss, {"dt/action_mse": loss.detach()}  # a tensor: no sync per step
 
 
 # ============================================================================ training
-def train(config: TrainConfig, data: SequenceData, model: DecisionTransformer, optimizer: torch.optim.Optimizer,
-          scheduler, step: int, run_dir: Path, logger: Logger, device: torch.device, evaluate_fn=None) -> int:
-    """Gradient steps from ``step`` to ``config.steps``; returns the final step."""
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.bf16 and device.type == "cuda")
-    bar = tqdm(total=config.steps, initial=step, desc="dt", dynamic_ncols=True, disable=not sys.stderr.isatty())
-    last_print = time.time()
-    while step < config.steps:
-        model.train()
-        batch = data.buffer.sample(config.batch_size)
-        with autocast:
-            loss, stats = dt_loss(model, batch)
-        if not torch.isfinite(loss):
-            last = sorted(run_dir.glob("checkpoint_*.pt"))
-            raise RunError(f"loss became {loss.item()} at step {step}; stopped, the last good checkpoint "
-                           f"is {last[-1] if last else 'none (no checkpoint written yet)'}")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-        optimizer.step()
-        scheduler.step()
-        step += 1
-        bar.update(1)
-        if step % config.log_every == 0:
-            logger.log({**stats, "train/loss": loss.item(), "train/grad_norm": grad_norm.item(),
-                        "train/lr": optimizer.param_groups[0]["lr"]}, step)
-            bar.set_postfix(loss=f"{loss.item():.4g}")
-            if bar.disable and time.time() - last_print > 30:  # no TTY (batch jobs): a plain line every 30 s
-                print(f"[dt] step {step}/{config.steps} loss {loss.item():.4f}", flush=True)
-                last_print = time.time()
-        if step % config.checkpoint_every == 0 or step == config.steps:
-            save_checkpoint(run_dir, step, {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                            "scheduler": scheduler.state_dict(), "rng": rng_state(),
-                                            "config": vars(config).copy(), "obs_norm": data.obs_norm.state_dict()})
-        if evaluate_fn is not None and config.eval_every and step % config.eval_every == 0 and step < config.steps:
-            res = evaluate_fn(config.eval_episodes_during)
-            logger.log({"eval/normalized_score": res.score_mean, "eval/return": res.return_mean}, step)
-    bar.close()
-    return step
+def update(model: DecisionTransformer, optimizer: torch.optim.Optimizer, batch: dict, config: TrainConfig) -> dict:
+    """One gradient step on a batch of segments; stats are tensors (no host sync: the step can be captured as a
+    CUDA graph)."""
+    model.train()
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.bf16 and batch["states"].is_cuda):
+        loss, stats = dt_loss(model, batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    optimizer.step()
+    # the rate: a float (eager) or the captured optimiser's device tensor, read at log time
+    return {**stats, "train/loss": loss.detach(), "train/grad_norm": grad_norm,
+            "train/lr": optimizer.param_groups[0]["lr"]}
+
+
+def training_stages(config: TrainConfig, data: SequenceData, model: DecisionTransformer, device: torch.device,
+                    saved: Optional[dict] = None) -> tuple[list[Stage], Callable[[], dict]]:
+    """One stage of ``config.steps`` updates for shared.training.train_loop, and the checkpoint contents."""
+    graphs = use_graphs(config.compile, device)
+    optimizer = make_optimizer(model.parameters(), config.lr, "adamw", graphs, betas=tuple(config.betas),
+                               weight_decay=config.weight_decay)
+    if saved is not None:
+        load_optimizer(optimizer, saved["optimizer"])
+
+    def lr(i: int) -> float:  # linear warm-up over warmup_steps, then constant (as the paper)
+        return config.lr * min(1.0, (i + 1) / max(1, config.warmup_steps))
+
+    def begin():
+        return make_step(lambda batch: update(model, optimizer, batch, config),
+                         lambda: data.buffer.sample(config.batch_size), [optimizer], lr=lr, graph=graphs)
+
+    def checkpoint() -> dict:
+        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(),
+                "config": vars(config).copy(), "obs_norm": data.obs_norm.state_dict()}
+
+    return [Stage("train", config.steps, begin)], checkpoint
 
 
 # ============================================================================ evaluation
 class DTPolicy:
     """Keeps each env's history of (R, s, a, t) and acts on the last K steps (shared.evaluation's Policy protocol).
 
-    The envs of a batch step in lockstep, so one history length serves all of them.
+    The envs of a batch step in lockstep, so one history length serves all of them. On CUDA with ``compile`` the
+    forward is a CUDA graph per input shape (history lengths 1..K, per batch size), replayed on the live weights:
+    keep one policy for every evaluation of a run.
     """
 
     def __init__(self, model: DecisionTransformer, data: SequenceData, config: TrainConfig,
                  device: torch.device) -> None:
         self.model, self.data, self.config, self.device = model, data, config, device
+        self.forward = captured(self._forward, use_graphs(config.compile, device))
+
+    def _forward(self, states: torch.Tensor, actions: torch.Tensor, returns: torch.Tensor, timesteps: torch.Tensor,
+                 goals: torch.Tensor) -> torch.Tensor:
+        """[N, T, .] history -> the action at its last step [N, act_dim] (fp32). ``goals`` is [N, T, 0] on reward
+        tasks (tensors only: a captured function takes no None), which the model without goal embedding ignores."""
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.config.bf16 and states.is_cuda):
+            return self.model(states, actions, returns, timesteps, goals)[:, -1].float()
 
     def reset(self, goals: np.ndarray) -> None:
         n, K, dev = len(goals), self.config.seq_len, self.device
         norm = self.data.obs_norm
         self.goals = torch.as_tensor((goals - norm.mean[:2]) / norm.std[:2], dtype=torch.float32, device=dev)
+        if not self.data.goal_dim:
+            self.goals = self.goals[:, :0]
         self.states = torch.zeros(n, 0, self.data.obs_dim, device=dev)
         self.actions = torch.zeros(n, 0, self.data.act_dim, device=dev)
         self.returns = torch.zeros(n, 0, 1, device=dev)
@@ -287,11 +296,9 @@ class DTPolicy:
         self.actions = torch.cat([self.actions, torch.zeros(n, 1, self.data.act_dim, device=dev)], 1)[:, -K:]
         T = self.states.shape[1]
         timesteps = torch.arange(self.t - T + 1, self.t + 1, device=dev).expand(n, T)
-        goals = self.goals[:, None].expand(n, T, -1) if self.data.goal_dim else None
+        goals = self.goals[:, None].expand(n, T, -1)
         self.model.eval()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.config.bf16 and dev.type == "cuda"):
-            pred = self.model(self.states, self.actions, self.returns, timesteps, goals)[:, -1].float()
-        a = pred.clamp(-1.0, 1.0)
+        a = self.forward(self.states, self.actions, self.returns, timesteps, goals).clamp(-1.0, 1.0)
         self.actions[:, -1] = a
         self.t += 1
         return a.cpu().numpy()
@@ -308,27 +315,22 @@ def main(config: TrainConfig) -> dict:
     obs_norm = Normalizer.from_state_dict(state["obs_norm"]) if state else None
     data = load_data(config, device, obs_norm)
     model = DecisionTransformer(config, data.obs_dim, data.act_dim, data.goal_dim, data.max_timestep).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, betas=tuple(config.betas),
-                                  weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / max(1, config.warmup_steps)))
-    step = 0
+    step, elapsed = 0, 0.0
     if state is not None:
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
         set_rng_state(state["rng"])
-        step = state["step"]
+        step, elapsed = state["step"], state.get("train_wall_s", 0.0)
         print(f"[dt] resumed from step {step} ({run_dir})")
     print(f"[dt] {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {device_name(device)}")
     logger = Logger(config, "dt", run_dir, config.wandb_mode, config.project)
 
-    def run_eval(episodes: int):
-        return evaluate(task.name, DTPolicy(model, data, config, device), episodes, config.eval_seed,
-                        num_envs=config.num_eval_envs)
+    policy = DTPolicy(model, data, config, device)  # one policy: its CUDA graphs persist across evaluations
 
-    t0 = time.time()
-    steps = train(config, data, model, optimizer, scheduler, step, run_dir, logger, device, run_eval)
-    train_wall = time.time() - t0
+    def run_eval(episodes: int):
+        return evaluate(task.name, policy, episodes, config.eval_seed, num_envs=config.num_eval_envs)
+
+    stages, checkpoint = training_stages(config, data, model, device, state)
+    steps, train_wall = train_loop("dt", config, run_dir, logger, stages, step, checkpoint, run_eval, elapsed=elapsed)
     result = run_eval(config.eval_episodes)
     return finish_run("dt", config, run_dir, logger, data.info, result, steps, train_wall, device_name(device))
 

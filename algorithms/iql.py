@@ -16,16 +16,15 @@ Run:  python algorithms/iql.py --config configs/iql/maze2d-umaze.yaml [--field v
 """
 
 import copy
+import math
 import sys
-import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
@@ -34,9 +33,9 @@ from shared.datasets import load_dataset  # noqa: E402
 from shared.evaluation import evaluate, require_evaluation  # noqa: E402
 from shared.logger import Logger, finish_run, prepare_run_dir  # noqa: E402
 from shared.tasks import get_task  # noqa: E402
+from shared.training import Stage, captured, load_optimizer, make_optimizer, make_step, train_loop, use_graphs  # noqa: E402
 from shared.utils import (  # noqa: E402
-    RunError, device_name, load_latest_checkpoint, resolve_device, rng_state, run_main, save_checkpoint,
-    set_rng_state, set_seed,
+    RunError, device_name, load_latest_checkpoint, resolve_device, rng_state, run_main, set_rng_state, set_seed,
 )
 
 
@@ -80,6 +79,7 @@ class TrainConfig:
     beta: float = 3.0  # inverse temperature of the advantage weights (3 locomotion, 10 antmaze)
     exp_adv_max: float = 100.0  # advantage weights are clipped to this
     bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
+    compile: bool = True  # CUDA: every training step and the policy's forward run as captured CUDA graphs (CPU: eager)
     log_every: int = 1000  # steps between logged training metrics
     checkpoint_every: int = 50_000  # steps between checkpoints (and at the end)
     # --- evaluation
@@ -98,6 +98,13 @@ class IQLData:
     act_dim: int
     goal_conditioned: bool
     info: dict  # dataset source and recipe, for the results file
+    # obs_norm's (x, y) statistics as device tensors, made once: relabelling then copies nothing host -> device
+    pos_mean: torch.Tensor = field(init=False)
+    pos_std: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pos_mean = torch.as_tensor(self.obs_norm.mean[:2], device=self.buffer.device)
+        self.pos_std = torch.as_tensor(self.obs_norm.std[:2], device=self.buffer.device)
 
 
 def load_data(config: TrainConfig, device: torch.device, obs_norm: Optional[Normalizer] = None) -> IQLData:
@@ -152,8 +159,7 @@ def sample_batch(data: IQLData, config: TrainConfig) -> dict:
     p_data, p_future = config.p_data_goal, config.p_future_goal
     goal = torch.where((pick < p_data)[:, None], b["goal"],
                        torch.where((pick < p_data + p_future)[:, None], f["pos"][future], f["pos"][rand]))
-    mean = torch.as_tensor(data.obs_norm.mean[:2], device=dev)
-    std = torch.as_tensor(data.obs_norm.std[:2], device=dev)
+    mean, std = data.pos_mean, data.pos_std
     next_pos = s2[:, :2] * std + mean
     reached = (torch.linalg.norm(next_pos - goal, dim=-1) <= config.goal_radius).float()
     g = (goal - mean) / std
@@ -204,7 +210,8 @@ class Actor(nn.Module):
         mean = self.forward(x).float()
         if self.deterministic:
             return (mean - a).pow(2).sum(-1)
-        dist = torch.distributions.Normal(mean, self.log_std.clamp(-5.0, 2.0).exp())
+        # no argument validation: it is a host sync (``if not valid.all()``), which a CUDA graph cannot capture
+        dist = torch.distributions.Normal(mean, self.log_std.clamp(-5.0, 2.0).exp(), validate_args=False)
         return -dist.log_prob(a).sum(-1)
 
 
@@ -239,68 +246,57 @@ def iql_losses(model: IQL, batch: dict, config: TrainConfig) -> tuple[dict, dict
     q_loss = td.sum() / (2 * valid.sum().clamp_min(1.0))
     weights = torch.exp(config.beta * adv.detach()).clamp(max=config.exp_adv_max)
     actor_loss = (weights * model.actor.neg_log_prob(x, a)).mean()
-    stats = {"iql/v_loss": v_loss.item(), "iql/q_loss": q_loss.item(), "iql/actor_loss": actor_loss.item(),
-             "iql/v_mean": v.mean().item(), "iql/adv_mean": adv.mean().item(),
-             "iql/weight_mean": weights.mean().item(), "iql/reward_mean": batch["r"].mean().item(),
-             "iql/done_mean": batch["done"].mean().item()}
+    stats = {"iql/v_loss": v_loss.detach(), "iql/q_loss": q_loss.detach(), "iql/actor_loss": actor_loss.detach(),
+             "iql/v_mean": v.detach().mean(), "iql/adv_mean": adv.detach().mean(),
+             "iql/weight_mean": weights.mean(), "iql/reward_mean": batch["r"].mean(),
+             "iql/done_mean": batch["done"].mean()}  # tensors: no sync per step
     return {"v": v_loss, "q": q_loss, "actor": actor_loss}, stats
 
 
 # ============================================================================ training
-def make_optimizers(model: IQL, config: TrainConfig) -> dict:
-    actor_opt = torch.optim.Adam(model.actor.parameters(), lr=config.actor_lr)
-    return {"v": torch.optim.Adam(model.vf.parameters(), lr=config.vf_lr),
-            "q": torch.optim.Adam(model.qf.parameters(), lr=config.qf_lr),
-            "actor": actor_opt,
-            "actor_sched": torch.optim.lr_scheduler.CosineAnnealingLR(actor_opt, max(1, config.steps))}
+def update(model: IQL, optimizers: dict, batch: dict, config: TrainConfig) -> dict:
+    """One gradient step of V, twin Q and actor on a batch, then the Polyak update of the target Q; stats are
+    tensors (no host sync: the step can be captured as a CUDA graph)."""
+    model.train()
+    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.bf16 and batch["x"].is_cuda):
+        losses, stats = iql_losses(model, batch, config)
+    loss = losses["v"] + losses["q"] + losses["actor"]  # disjoint parameters: one backward serves all three
+    for opt in optimizers.values():
+        opt.zero_grad(set_to_none=True)
+    loss.backward()
+    for opt in optimizers.values():
+        opt.step()
+    with torch.no_grad():
+        for p, tp in zip(model.qf.parameters(), model.q_target.parameters()):
+            tp.lerp_(p, config.tau)
+    # the actor's rate: a float (eager) or the captured optimiser's device tensor, read at log time
+    return {**stats, "train/loss": loss.detach(), "train/actor_lr": optimizers["actor"].param_groups[0]["lr"]}
 
 
-def train(config: TrainConfig, data: IQLData, model: IQL, opts: dict, step: int, run_dir: Path, logger: Logger,
-          device: torch.device, evaluate_fn=None) -> int:
-    """Gradient steps from ``step`` to ``config.steps``; returns the final step."""
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.bf16 and device.type == "cuda")
-    bar = tqdm(total=config.steps, initial=step, desc="iql", dynamic_ncols=True, disable=not sys.stderr.isatty())
-    last_print = time.time()
-    while step < config.steps:
-        model.train()
-        batch = sample_batch(data, config)
-        with autocast:
-            losses, stats = iql_losses(model, batch, config)
-        bad = [k for k, v in losses.items() if not torch.isfinite(v)]
-        if bad:
-            last = sorted(run_dir.glob("checkpoint_*.pt"))
-            raise RunError(f"{bad[0]} loss became {losses[bad[0]].item()} at step {step}; stopped, the last good "
-                           f"checkpoint is {last[-1] if last else 'none (no checkpoint written yet)'}")
-        for name in ("v", "q", "actor"):  # disjoint parameters: one backward each, as in the paper
-            opts[name].zero_grad(set_to_none=True)
-        (losses["v"] + losses["q"] + losses["actor"]).backward()
-        for name in ("v", "q", "actor"):
-            opts[name].step()
-        opts["actor_sched"].step()
-        with torch.no_grad():
-            for p, tp in zip(model.qf.parameters(), model.q_target.parameters()):
-                tp.lerp_(p, config.tau)
-        step += 1
-        bar.update(1)
-        if step % config.log_every == 0:
-            logger.log({**stats, "train/loss": losses["actor"].item(),
-                        "train/actor_lr": opts["actor"].param_groups[0]["lr"]}, step)
-            bar.set_postfix(q=f"{stats['iql/q_loss']:.3g}", v=f"{stats['iql/v_loss']:.3g}",
-                            actor=f"{stats['iql/actor_loss']:.3g}")
-            if bar.disable and time.time() - last_print > 30:  # no TTY (batch jobs): a plain line every 30 s
-                print(f"[iql] step {step}/{config.steps} q {stats['iql/q_loss']:.4f} v {stats['iql/v_loss']:.4f} "
-                      f"actor {stats['iql/actor_loss']:.4f}", flush=True)
-                last_print = time.time()
-        if step % config.checkpoint_every == 0 or step == config.steps:
-            save_checkpoint(run_dir, step, {"model": model.state_dict(),
-                                            "optimizers": {k: o.state_dict() for k, o in opts.items()},
-                                            "rng": rng_state(), "config": vars(config).copy(),
-                                            "obs_norm": data.obs_norm.state_dict()})
-        if evaluate_fn is not None and config.eval_every and step % config.eval_every == 0 and step < config.steps:
-            res = evaluate_fn(config.eval_episodes_during)
-            logger.log({"eval/normalized_score": res.score_mean, "eval/return": res.return_mean}, step)
-    bar.close()
-    return step
+def training_stages(config: TrainConfig, data: IQLData, model: IQL, device: torch.device,
+                    saved: Optional[dict] = None) -> tuple[list[Stage], Callable[[], dict]]:
+    """One stage of ``config.steps`` updates for shared.training.train_loop, and the checkpoint contents."""
+    graphs = use_graphs(config.compile, device)
+    opts = {"v": make_optimizer(model.vf.parameters(), config.vf_lr, "adam", graphs),
+            "q": make_optimizer(model.qf.parameters(), config.qf_lr, "adam", graphs),
+            "actor": make_optimizer(model.actor.parameters(), config.actor_lr, "adam", graphs)}
+    if saved is not None:
+        for name, opt in opts.items():
+            load_optimizer(opt, saved["optimizers"][name])
+    total = max(1, config.steps)
+
+    def actor_lr(i: int) -> float:  # CosineAnnealingLR(T_max=steps, eta_min=0) at step i, as the paper
+        return config.actor_lr * 0.5 * (1.0 + math.cos(math.pi * i / total))
+
+    def begin():
+        return make_step(lambda batch: update(model, opts, batch, config), lambda: sample_batch(data, config),
+                         [opts["actor"]], lr=actor_lr, graph=graphs)
+
+    def checkpoint() -> dict:
+        return {"model": model.state_dict(), "optimizers": {k: o.state_dict() for k, o in opts.items()},
+                "rng": rng_state(), "config": vars(config).copy(), "obs_norm": data.obs_norm.state_dict()}
+
+    return [Stage("train", config.steps, begin)], checkpoint
 
 
 # ============================================================================ evaluation
@@ -309,6 +305,11 @@ class IQLPolicy:
 
     def __init__(self, model: IQL, data: IQLData, config: TrainConfig, device: torch.device) -> None:
         self.model, self.data, self.config, self.device = model, data, config, device
+        self.forward = captured(self._forward, use_graphs(config.compile, device))
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.config.bf16 and x.is_cuda):
+            return self.model.actor(x).float()
 
     def reset(self, goals: np.ndarray) -> None:
         norm = self.data.obs_norm
@@ -320,9 +321,8 @@ class IQLPolicy:
         if self.data.goal_conditioned:
             x = np.concatenate([x, self.goal_n], 1)
         self.model.eval()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.config.bf16 and self.device.type == "cuda"):
-            a = self.model.actor(torch.as_tensor(x, dtype=torch.float32, device=self.device))
-        return np.clip(a.float().cpu().numpy(), -1.0, 1.0)
+        a = self.forward(torch.as_tensor(x, dtype=torch.float32, device=self.device))
+        return np.clip(a.cpu().numpy(), -1.0, 1.0)
 
 
 # ============================================================================ main
@@ -337,25 +337,22 @@ def main(config: TrainConfig) -> dict:
     data = load_data(config, device, obs_norm)
     in_dim = data.obs_dim + (2 if data.goal_conditioned else 0)
     model = IQL(config, in_dim, data.act_dim).to(device)
-    opts = make_optimizers(model, config)
-    step = 0
+    step, elapsed = 0, 0.0
     if state is not None:
         model.load_state_dict(state["model"])
-        for k, o in opts.items():
-            o.load_state_dict(state["optimizers"][k])
         set_rng_state(state["rng"])
-        step = state["step"]
+        step, elapsed = state["step"], state.get("train_wall_s", 0.0)
         print(f"[iql] resumed from step {step} ({run_dir})")
     print(f"[iql] {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {device_name(device)}")
     logger = Logger(config, "iql", run_dir, config.wandb_mode, config.project)
 
-    def run_eval(episodes: int):
-        return evaluate(task.name, IQLPolicy(model, data, config, device), episodes, config.eval_seed,
-                        num_envs=config.num_eval_envs)
+    policy = IQLPolicy(model, data, config, device)  # one policy: its CUDA graphs persist across evaluations
 
-    t0 = time.time()
-    steps = train(config, data, model, opts, step, run_dir, logger, device, run_eval)
-    train_wall = time.time() - t0
+    def run_eval(episodes: int):
+        return evaluate(task.name, policy, episodes, config.eval_seed, num_envs=config.num_eval_envs)
+
+    stages, checkpoint = training_stages(config, data, model, device, state)
+    steps, train_wall = train_loop("iql", config, run_dir, logger, stages, step, checkpoint, run_eval, elapsed=elapsed)
     result = run_eval(config.eval_episodes)
     return finish_run("iql", config, run_dir, logger, data.info, result, steps, train_wall, device_name(device))
 

@@ -100,6 +100,8 @@ class TrainConfig:
     warmup_steps: int = 500  # linear warm-up at the start of each stage
     bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     compile: bool = True  # CUDA: every training step and every plan runs as a captured CUDA graph (CPU: eager)
+    inductor: bool = False  # CUDA + compile: also fuse each stage's loss with torch.compile (measured on one H200:
+    # 1.3-1.5x more steps/s, but 50-90 s of compilation per stage, so it pays off on long runs only)
     log_every: int = 200  # steps between logged training metrics
     checkpoint_every: int = 5000  # steps between checkpoints (and at the end of every stage)
     # --- evaluation
@@ -275,7 +277,7 @@ class MultiScaleVQ(nn.Module):
 
     def embed_sequence(self, idx: Optional[torch.Tensor] = None, onehot: Optional[torch.Tensor] = None):
         """sum_k z_k from the tokens of all scales in one flat sequence [B, sum l_k] (or its one-hots)."""
-        bounds = np.cumsum([0] + self.scales)
+        bounds = np.cumsum([0] + self.scales).tolist()  # Python ints (torch.compile traces them as constants)
         return sum(self.embed_scale(k, None if idx is None else idx[:, lo:hi],
                                     None if onehot is None else onehot[:, lo:hi])
                    for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])))
@@ -668,14 +670,31 @@ def update(model: MAGE, optimizer: torch.optim.Optimizer, batch: dict, config: T
     model.train()
     if stage != "autoencoder":  # the autoencoder is frozen after stage 1
         model.encoder.eval(), model.vq.eval()
+    loss_fn = STAGE_LOSSES[stage]
+    if config.inductor and config.compile and batch["x"].is_cuda:
+        loss_fn = fused_loss(stage)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.bf16 and batch["x"].is_cuda):
-        loss, stats = STAGE_LOSSES[stage](model, batch, config)
+        loss, stats = loss_fn(model, batch, config)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     params = [p for g in optimizer.param_groups for p in g["params"]]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
     optimizer.step()
     return {**stats, "train/loss": loss.detach(), "train/grad_norm": grad_norm}
+
+
+_FUSED: dict = {}
+
+
+def fused_loss(stage: str):
+    """The stage's loss compiled by torch.compile (inductor: fewer, fused kernels; the CUDA graph still wraps the
+    step). ATen's RNG (fallback_random) keeps dropout and Gumbel noise on torch's graph-safe generator."""
+    if stage not in _FUSED:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.fallback_random = True
+        _FUSED[stage] = torch.compile(STAGE_LOSSES[stage], dynamic=False)
+    return _FUSED[stage]
 
 
 def sample_batch(data: TrajectoryData, config: TrainConfig) -> dict:

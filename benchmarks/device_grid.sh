@@ -2,8 +2,12 @@
 # The benchmark grid on one multi-GPU host, in the device tool's 10-minute calls (works on any CUDA host).
 #   bash benchmarks/device_grid.sh start GPUS [SECONDS]   datasets, MPS, start both grids detached, watch SECONDS
 #   bash benchmarks/device_grid.sh watch [SECONDS]        watch, then pack results, logs and metrics into $OUT
-# What runs: MAIN_ALGOS (default: every algorithm) on all six maze tasks at MAIN_PER_GPU runs per GPU, and the
-# maze2d-large ablations ABLATIONS at ABL_PER_GPU (e.g. MAIN_ALGOS=mage to spend a host on MAGE alone).
+# What runs: MAIN_ALGOS (default: every algorithm) on GRID_TASKS (default: all six maze tasks) x GRID_SEEDS
+# (default 0 1 2) at MAIN_PER_GPU runs per GPU, and the maze2d-large ablations ABLATIONS at ABL_PER_GPU (e.g.
+# MAIN_ALGOS=mage to spend a host on MAGE alone; ABLATIONS= for none). FRESH=1 starts from an empty results folder
+# (to time a slice of the grid); without it the committed results are skipped.
+# The GPU's utilisation and memory are sampled every 5 s into /tmp/gpu-usage.csv (packed with the logs); the
+# grid's wall time is the span between its first "start" and its "finished" line in /tmp/grid-main.log.
 # results -> /tmp/results (starts as a copy of benchmarks/results/: committed runs are skipped; delete a stale file
 # there first to rerun it), run folders and logs -> /tmp/runs.
 # MPS raised every algorithm's steps/s 2-10x with 9 runs sharing one H200 (benchmarks/gpu_share.sh: BC 48 -> 334,
@@ -30,7 +34,7 @@ watch() {
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
   mkdir -p "$OUT"
   tar czf "$OUT/results.tar.gz" -C /tmp results 2>/dev/null
-  tar czf "$OUT/logs.tar.gz" -C /tmp runs/logs $(cd /tmp && ls grid-*.log) 2>/dev/null
+  tar czf "$OUT/logs.tar.gz" -C /tmp runs/logs $(cd /tmp && ls grid-*.log gpu-usage.csv) 2>/dev/null
   (cd /tmp/runs && find . -name metrics.jsonl | tar czf "$OUT/metrics.tar.gz" -T -)
 }
 
@@ -41,13 +45,16 @@ if [ "$CMD" = start ]; then
   wait
   for f in "$MAGE_DATA_DIR"/*.hdf5; do python3 -m shared.datasets verify "$f" 2>&1 | tail -1; done
   # the committed results are skipped (run.py skips a run whose file exists): only missing runs start
-  mkdir -p /tmp/results && cp -rn benchmarks/results/. /tmp/results/
+  mkdir -p /tmp/results && [ "${FRESH:-0}" = 1 ] || cp -rn benchmarks/results/. /tmp/results/
   mkdir -p /tmp/mps /tmp/mps-log
   nvidia-cuda-mps-control -d && echo "MPS daemon started"
+  setsid nohup nvidia-smi --query-gpu=timestamp,index,utilization.gpu,memory.used --format=csv,noheader -l 5 \
+    > /tmp/gpu-usage.csv 2>&1 < /dev/null &
   grid() { local name=$1; shift; setsid nohup python3 benchmarks/run.py --gpus "$GPUS" --out-dir /tmp/runs \
     --results-dir /tmp/results "$@" > "/tmp/grid-$name.log" 2>&1 < /dev/null & }
   # MAGE first (the longest runs), Diffuser's large mazes spread over the GPUs, short baselines fill the gaps
-  grid main --per-gpu "${MAIN_PER_GPU:-9}" --algos ${MAIN_ALGOS:-mage diffuser iql dt bc} --tasks $TASKS --seeds 0 1 2
+  grid main --per-gpu "${MAIN_PER_GPU:-9}" --algos ${MAIN_ALGOS:-mage diffuser iql dt bc} --tasks ${GRID_TASKS:-$TASKS} \
+    --seeds ${GRID_SEEDS:-0 1 2}
   [ -n "${ABLATIONS-x}" ] && grid ablation --per-gpu "${ABL_PER_GPU:-3}" \
     --algos ${ABLATIONS:-mage-k1 mage-nodeccond} --tasks maze2d-large --seeds 0 1 2
   sleep 5

@@ -104,6 +104,7 @@ def main() -> None:
     failed: list[str] = []
     queue = list(todo)
     print(f"{len(todo)} runs on {len(slots)} slots ({args.gpus or 'CPU'})", flush=True)
+    t_start = time.time()
     while queue or running:
         for slot_id, gpu in enumerate(slots):
             key = f"{slot_id}"
@@ -126,7 +127,8 @@ def main() -> None:
                 print(f"{status} {job.tag} in {time.time() - t0:.0f}s", flush=True)
                 del running[key]
         time.sleep(1.0)
-    print(f"finished: {len(todo) - len(failed)} ok, {len(failed)} failed {failed}", flush=True)
+    print(f"finished: {len(todo) - len(failed)} ok, {len(failed)} failed {failed} in {time.time() - t_start:.0f}s",
+          flush=True)
     sys.exit(1 if failed else 0)
 
 

@@ -8,8 +8,10 @@ Reads ``<results-dir>/<algo-or-variant>/<task>/seed<k>.json`` (the schema of sha
     best mean per row in bold, an average row), the papers' numbers in their own labelled columns, a table of
     training wall time / per-action latency / device, an ablation table for the variants of benchmarks/run.py,
     and the provenance (file count, git commits, dataset sources);
-  * the block between ``<!-- results:start -->`` and ``<!-- results:end -->`` of ``--readme`` (markers are
-    appended at the end of the file when missing; nothing else in it is touched);
+  * the block between ``<!-- results:start -->`` and ``<!-- results:end -->`` of ``--readme``, and between
+    ``<!-- speed:start -->`` and ``<!-- speed:end -->`` the speed tables of ``<results-dir>/speed.json``
+    (``benchmarks/speed.py``: eager vs CUDA graphs per algorithm, against the targets); markers are appended at the
+    end of the file when missing; nothing else in it is touched;
   * PNG plots in ``--plots-dir``: learning curves per task and a bar chart of scores per task group.
 The output is deterministic: the same result files give the same bytes. ``--check`` regenerates everything
 into a temporary directory and exits 1 if any committed output differs (or is missing, or a stale plot remains).
@@ -34,6 +36,8 @@ from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+SPEED_START, SPEED_END = "<!-- speed:start -->", "<!-- speed:end -->"
+SPEED_NAMES = {"mage": "MAGE", "dt": "DT", "diffuser": "Diffuser", "iql": "IQL", "bc": "BC"}
 ALGO_ORDER = ("mage", "dt", "diffuser", "iql", "bc")  # column order; other names follow alphabetically
 PLOT_PATTERNS = ("curves_*.png", "scores_*.png")  # files of --plots-dir that this script owns
 
@@ -338,6 +342,181 @@ def provenance(files: list[str], cells: dict, skipped: list, results_label: str)
     return lines
 
 
+# ----------------------------------------------------------------------------- speed (benchmarks/speed.py)
+def load_speed(path: Path) -> tuple[Optional[dict], Optional[str]]:
+    """speed.json's payload, or None and why not."""
+    if not path.exists():
+        return None, "missing"
+    try:
+        payload = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        return None, f"unreadable ({type(exc).__name__})"
+    return (payload, None) if isinstance(payload, dict) else (None, "not a JSON object")
+
+
+def speed_num(v) -> str:
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+        return "—"
+    a = abs(v)
+    return f"{v:.0f}" if a >= 100 else f"{v:.1f}" if a >= 10 else f"{v:.2f}" if a >= 1 else f"{v:.3f}"
+
+
+def speed_part(entry, part: str) -> Optional[dict]:
+    """An algorithm's training or latency results in one setting (None: skipped, failed or absent)."""
+    sec = entry.get(part) if isinstance(entry, dict) else None
+    return sec if isinstance(sec, dict) and "error" not in sec else None
+
+
+def speed_rows(algo: str, a: dict, payload: dict) -> list[tuple]:
+    """(label, part, value of the part's results, target key) rows of one algorithm's table; part is "training",
+    "latency" or a setting-level "ratio"."""
+    entries = list((a.get("settings") or {}).values())
+    tr = next((speed_part(e, "training") for e in entries if speed_part(e, "training")), None)
+    lat = next((speed_part(e, "latency") for e in entries if speed_part(e, "latency")), None)
+    rows: list[tuple] = []
+    if tr is not None:
+        stages = list(tr.get("stages") or {})
+        if len(stages) > 1:
+            for i, name in enumerate(stages):
+                rows.append((f"training steps/s, stage {i + 1} ({name})", "training",
+                             lambda t, name=name: (t.get("stages") or {}).get(name, {}).get("steps_per_s"),
+                             f"{algo}_stage{i + 1}_steps_per_s"))
+            rows.append(("training steps/s, whole schedule", "training", lambda t: t.get("steps_per_s"), None))
+        else:
+            rows.append(("training steps/s", "training", lambda t: t.get("steps_per_s"), f"{algo}_steps_per_s"))
+    batches = payload.get("batches") or [1, 64]
+    if lat is not None:
+        plans = "per_plan_ms" in lat.get(f"batch{batches[0]}", {})
+        key = "per_plan_ms" if plans else "per_action_ms"
+        for b in batches:
+            rows.append((f"{'one plan' if plans else 'one action'}, batch {b} (ms)", "latency",
+                         lambda t, b=b: t.get(f"batch{b}", {}).get(key),
+                         f"{algo}_{'plan' if plans else 'action'}_batch{b}_ms"))
+        if plans:
+            every = lat.get(f"batch{batches[0]}", {}).get("replans_every")
+            for b in batches:
+                rows.append((f"per action, one plan per {every} steps, batch {b} (ms)", "latency",
+                             lambda t, b=b: t.get(f"batch{b}", {}).get("amortised_per_action_ms"), None))
+        if algo == "mage":
+            for b in batches:
+                suffix = "" if b == 1 else f"_batch{b}"
+                rows.append((f"MAGE / DT action time, batch {b}", "ratio",
+                             lambda r, suffix=suffix: r.get(f"mage_over_dt_latency{suffix}"),
+                             f"mage_over_dt_latency{suffix}"))
+    if tr is not None:
+        rows.append(("peak training memory, MiB (steady state)", "training",
+                     lambda t: (t.get("peak_memory_mib"), t.get("steady_peak_memory_mib")),
+                     f"{algo}_train_peak_memory_mib"))
+        rows.append(("first training calls incl. capture (s)", "training", lambda t: t.get("first_calls_s"), None))
+    return rows
+
+
+def speed_cell(entry, part: str, get, ratios: dict) -> str:
+    if not isinstance(entry, dict):
+        return "—"
+    if "skipped" in entry:
+        return "skipped"
+    if part == "ratio":
+        return speed_num(get(ratios))
+    sec = speed_part(entry, part)
+    if sec is None:
+        return "error" if ("error" in entry or isinstance(entry.get(part), dict)) else "—"
+    value = get(sec)
+    if isinstance(value, tuple):
+        peak, steady = value
+        return speed_num(peak) + (f" ({speed_num(steady)})" if steady is not None else "")
+    return speed_num(value)
+
+
+def speed_lines(payload: Optional[dict], label: str) -> list[str]:
+    """The README's speed block: per algorithm eager vs graphs, with the targets."""
+    regen = ("regenerate it with `python benchmarks/speed.py` (one GPU, nothing else running on it), then run "
+             "`python benchmarks/tables.py`.")
+    if payload is None:
+        return [f"No `{label}` yet: measure with `python benchmarks/speed.py` (one GPU), then run "
+                "`python benchmarks/tables.py`."]
+    if not isinstance(payload.get("algorithms"), dict):
+        known = [f"commit `{str(payload['git_commit'])[:7]}`" if payload.get("git_commit") else "",
+                 str(payload["device"]) if payload.get("device") else ""]
+        known = ", ".join(k for k in known if k)
+        return [f"The committed `{label}`{f' ({known})' if known else ''} predates the eager/graphs layout of "
+                "`benchmarks/speed.py` (one setting per algorithm, copies of the training steps): " + regen]
+    settings = list(payload.get("settings") or {})
+    targets = payload.get("targets") or {}
+    summary = payload.get("targets_summary") or {}
+    commit = str(payload.get("git_commit") or "unknown")
+    commit = commit[:7] + ("+dirty" if commit.endswith("+dirty") else "")
+    lines = [f"Measured by `python benchmarks/speed.py` (`{label}`) on {payload.get('device')}, torch "
+             f"{payload.get('torch')}" + (f" (CUDA {payload['cuda']})" if payload.get("cuda") else "") +
+             f", commit `{commit}`"
+             f", task `{payload.get('task')}`, cuDNN benchmark {'on' if payload.get('cudnn_benchmark') else 'off'}; "
+             "random weights and fake data, one process, both settings on freshly built models. *eager*: "
+             "`compile: false`; *graphs*: `compile: true` (each training step one CUDA-graph replay, each plan or "
+             "policy forward one replay per batch size); fp32 unless the setting says bf16. Action / plan: median "
+             "time of one `policy.act` for 1 or 64 envs. Peak memory: `torch.cuda.max_memory_allocated` over "
+             "warm-up, capture and the timed steps (in parentheses: the timed steps alone). Targets (maze2d-large "
+             "configs, one H200) are judged on the graphs setting (eager where it did not run): "
+             f"**{summary.get('met', 0)} of {summary.get('total', len(targets))} met**.", ""]
+    if payload.get("quick"):
+        lines += ["**Smoke test (`--quick`): tiny models and few iterations, not the configs' numbers.**", ""]
+    if payload.get("device_lost"):
+        lines += [f"The CUDA context was lost ({payload['device_lost']}); later measurements were skipped.", ""]
+    for algo, a in payload["algorithms"].items():
+        if not isinstance(a, dict):
+            continue
+        params = a.get("params_m")
+        batch = ((a.get("config") or {}).get("batch_size"))
+        extra = ", ".join(x for x in [f"{params} M parameters" if params is not None else "",
+                                      f"batch {batch}" if batch is not None else ""] if x)
+        lines += [f"**{SPEED_NAMES.get(algo, algo)}**" + (f" ({extra})" if extra else ""), ""]
+        rows = speed_rows(algo, a, payload)
+        body = []
+        for label_, part, get, tkey in rows:
+            cells = [speed_cell((a.get("settings") or {}).get(st), part, get,
+                                (payload.get("ratios_by_setting") or {}).get(st) or {}) for st in settings]
+            t = targets.get(tkey) if tkey else None
+            if t:
+                op = {">=": "≥", "<=": "≤"}.get(t.get("op"), t.get("op"))
+                goal = f"{op} {t.get('target'):g}" if isinstance(t.get("target"), (int, float)) else str(op)
+                met = "—" if t.get("measured") is None else ("yes" if t.get("met") else "**no**")
+                if t.get("measured") is not None and t.get("setting") not in (None, "graphs"):
+                    met += f" ({t['setting']})"
+            else:
+                goal, met = "", ""
+            body.append([label_] + cells + [goal, met])
+        if body:
+            align = ["---"] + ["---:"] * len(settings) + ["---:", "---"]
+            lines += md_table(["", *settings, "target", "met"], body, align)
+        else:
+            lines.append("Not measured.")
+        gains = (a.get("speedups") or {}).get("graphs_over_eager") or {}
+        shown = {k: v for k, v in gains.items() if isinstance(v, (int, float)) and k != "training_peak_memory"}
+        if shown:
+            lines += ["", "graphs / eager: " + ", ".join(f"{k.replace('_', ' ')} ×{speed_num(v)}"
+                                                          for k, v in shown.items())
+                      + (f"; training peak memory ×{speed_num(gains['training_peak_memory'])}"
+                         if isinstance(gains.get("training_peak_memory"), (int, float)) else "")]
+        for s in settings:
+            e = (a.get("settings") or {}).get(s) or {}
+            if "error" in e:
+                lines += ["", f"{s}: error `{str(e['error']).replace('`', chr(39))[:200]}`"]
+        lines.append("")
+    ratios = payload.get("ratios") or {}
+    where = payload.get("ratios_setting") or {}
+    shown = [f"`{k}` {speed_num(v)} ({where.get(k)})" for k, v in ratios.items() if v is not None]
+    if shown:
+        lines += ["Ratios: " + ", ".join(shown) + ".", ""]
+    return lines[:-1] if lines and lines[-1] == "" else lines
+
+
+def replace_block(text: str, start: str, end: str, block: str) -> str:
+    """``text`` with the part between the markers replaced (markers appended at the end when missing)."""
+    new_block = start + "\n" + block + end
+    if start in text and end in text and text.index(start) < text.index(end):
+        return text[:text.index(start)] + new_block + text[text.index(end) + len(end):]
+    return text.rstrip("\n") + "\n\n" + new_block + "\n"
+
+
 # ----------------------------------------------------------------------------- plots
 def _pyplot():
     import matplotlib
@@ -513,11 +692,15 @@ def build(results_dir: Path, out: Path, readme: Optional[Path], plots_dir: Path)
         else:
             block += ["(No result files yet: run `benchmarks/run.py`, then `python benchmarks/tables.py`.)", ""]
         text = Path(readme).read_text() if Path(readme).exists() else ""
-        new_block = START + "\n" + "\n".join(block) + END
-        if START in text and END in text and text.index(START) < text.index(END):
-            text = text[:text.index(START)] + new_block + text[text.index(END) + len(END):]
-        else:
-            text = text.rstrip("\n") + "\n\n" + new_block + "\n"
+        text = replace_block(text, START, END, "\n".join(block))
+        speed_path = results_dir / "speed.json"
+        payload, _ = load_speed(speed_path)
+        try:
+            speed_label = speed_path.relative_to(ROOT).as_posix()
+        except ValueError:
+            speed_label = "speed.json"
+        speed = speed_lines(payload, speed_label)
+        text = replace_block(text, SPEED_START, SPEED_END, "\n" + "\n".join(speed) + "\n")
         outputs[Path(readme)] = text.encode()
     return outputs
 

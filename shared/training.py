@@ -96,6 +96,7 @@ class CapturedStep:
             self.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(self.graph):  # records, runs nothing: the next call's replay is the next step
                 self.out = self.fn()
+            torch.cuda.empty_cache()  # hand back what the eager warm-up cached: a graph needs only its own pool
         return out
 
 

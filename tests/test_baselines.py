@@ -37,7 +37,9 @@ def test_tiny_run_learns_and_beats_the_random_policy(algo, tmp_path):
     config = module.TrainConfig(**DATA, **EVAL, **TINY[algo], out_dir=str(tmp_path), checkpoint_every=10**6)
     final = module.main(config)
     run_dir = tmp_path / algo / "maze2d-umaze" / "seed0"
-    loss = logged(run_dir, "train/loss")  # BC/DT: action MSE; IQL: the advantage-weighted actor loss
+    assert all(np.isfinite(logged(run_dir, "train/loss")))  # IQL's train/loss: v + q + actor loss
+    # BC/DT: the action MSE; IQL: the advantage-weighted actor loss
+    loss = logged(run_dir, "iql/actor_loss" if algo == "iql" else "train/loss")
     assert len(loss) >= 8 and all(np.isfinite(loss))
     assert np.mean(loss[-3:]) < FALL[algo] * np.mean(loss[:3]), loss
     if algo == "iql":  # TD learning at work: V moves from 0 towards the (negative) cost-to-goal

@@ -138,6 +138,45 @@ def test_check_detects_changed_missing_and_stale_files(small_results, tmp_path, 
     assert generate(results, out, "--check") == 1
 
 
+def test_readme_speed_block_from_speed_json(small_results, tmp_path):
+    out = tmp_path / "out"
+    readme = out / "README.md"
+    out.mkdir()
+    readme.write_text("# Project\n\n<!-- speed:start -->\nold\n<!-- speed:end -->\n\nAfter.\n")
+    assert generate(small_results, out) == 0  # no speed.json: says so
+    text = readme.read_text()
+    assert "No `" in text and "old" not in text and text.endswith("After.\n\n<!-- results:start -->" +
+                                                                    text.split("<!-- results:start -->")[1])
+    assert text.count(tables.SPEED_START) == 1 and text.count(tables.SPEED_END) == 1
+    speed_json = small_results / "speed.json"
+    old = {"device": "NVIDIA H200", "git_commit": "493fc27abc", "settings": {"fp32": {"mage": {}}}}
+    speed_json.write_text(json.dumps(old))  # the layout before eager/graphs: no crash, a regeneration note
+    assert generate(small_results, out, "--check") == 1  # the speed block is stale
+    assert generate(small_results, out) == 0 and generate(small_results, out, "--check") == 0
+    assert "predates the eager/graphs layout" in readme.read_text() and "`493fc27`" in readme.read_text()
+    entry = {"training": {"steps_per_s": 500.0, "stages": {"train": {"steps_per_s": 500.0}},
+                          "peak_memory_mib": 900.0, "steady_peak_memory_mib": 700.0, "first_calls_s": 1.5},
+             "latency": {"batch1": {"per_action_ms": 0.5}, "batch64": {"per_action_ms": 0.75}}}
+    new = {"device": "NVIDIA H200", "torch": "2.11", "cuda": "13.0", "git_commit": "abcdef0123", "task": "maze2d-large",
+           "quick": False, "cudnn_benchmark": True, "batches": [1, 64],
+           "settings": {"eager": {"compile": False}, "graphs": {"compile": True}},
+           "algorithms": {"bc": {"params_m": 0.07, "config": {"batch_size": 512},
+                                 "settings": {"eager": entry, "graphs": {"error": "RuntimeError: capture | failed"}},
+                                 "speedups": {"graphs_over_eager": {}}}},
+           "targets": {"bc_steps_per_s": {"target": 3000, "op": ">=", "measured": 500.0, "met": False,
+                                          "setting": "eager"}},
+           "targets_summary": {"met": 0, "total": 1}, "ratios": {}, "ratios_setting": {}}
+    speed_json.write_text(json.dumps(new))
+    assert generate(small_results, out, "--check") == 1
+    assert generate(small_results, out) == 0 and generate(small_results, out, "--check") == 0
+    text = readme.read_text()
+    assert "NVIDIA H200, torch 2.11 (CUDA 13.0), commit `abcdef0`" in text and "**0 of 1 met**" in text
+    assert "| training steps/s | 500 | error | ≥ 3000 | **no** (eager) |" in text
+    assert "| peak training memory, MiB (steady state) | 900 (700) | error |  |  |" in text
+    assert "| one action, batch 64 (ms) | 0.750 | error |  |  |" in text
+    assert "graphs: error `RuntimeError: capture | failed`" in text
+
+
 def test_committed_tables_are_up_to_date():
     """benchmarks/RESULTS.md, README's block and benchmarks/plots match benchmarks/results/ (regenerate with
     `python benchmarks/tables.py` after adding result files)."""
@@ -293,26 +332,121 @@ def test_speed_quick_writes_all_keys(tmp_path):
     out = tmp_path / "speed.json"
     assert speed.main(["--quick", "--device", "cpu", "--out", str(out)]) == 0
     data = json.loads(out.read_text())
-    for key in ("device", "torch", "git_commit", "settings", "mage_sweeps", "ratios", "budget"):
+    for key in ("device", "torch", "cuda", "git_commit", "settings", "algorithms", "mage_sweeps", "ratios",
+                "ratios_setting", "targets", "targets_summary", "budget", "cudnn_benchmark"):
         assert key in data, key
-    assert data["quick"] is True and data["device_type"] == "cpu"
-    fp32 = data["settings"]["fp32"]
-    for algo in ("mage", "dt", "diffuser"):
-        entry = fp32[algo]
-        assert entry["params_m"] > 0 and entry["training"]["steps_per_s"] > 0
+    assert data["quick"] is True and data["device_type"] == "cpu" and data["cudnn_benchmark"] is True
+    assert data["device_lost"] is None
+    # both settings, side by side; on CPU the graphs setting is the eager code path: recorded as skipped
+    assert list(data["settings"]) == ["eager", "graphs"]
+    graphs = data["settings"]["graphs"]
+    assert graphs["compile"] is True and "CUDA graphs need CUDA" in graphs["skipped"]
+    assert list(data["algorithms"]) == ["mage", "dt", "diffuser", "iql", "bc"]
+    for algo, entry in data["algorithms"].items():
+        assert entry["params_m"] > 0 and entry["config"]["batch_size"] == 8, algo
+        assert list(entry["settings"]) == ["eager", "graphs"], algo
+        assert "CUDA graphs need CUDA" in entry["settings"]["graphs"]["skipped"], algo
+        eager = entry["settings"]["eager"]
+        assert "error" not in eager, (algo, eager.get("error"))
+        train = eager["training"]
+        assert train["steps_per_s"] > 0 and train["first_calls_s"] > 0, algo
+        assert train["warmup_calls"] > speed.CAPTURE_CALLS == train["first_calls"] == 3  # past the capture
+        assert all(s["loss_finite"] for s in train["stages"].values()), algo
+        assert train["peak_memory_mib"] is None and train["steady_peak_memory_mib"] is None  # no CUDA memory
         for batch in ("batch1", "batch64"):
-            assert entry["latency"][batch]["per_action_ms"] > 0
-    lat = fp32["diffuser"]["latency"]["batch1"]
+            lat = eager["latency"][batch]
+            assert lat["per_action_ms"] > 0 and lat["first_call_s"] >= 0 and "steady_peak_memory_mib" in lat
+        assert entry["speedups"] == {"graphs_over_eager": {}}  # nothing to compare on CPU
+    mage = data["algorithms"]["mage"]["settings"]["eager"]["training"]
+    assert list(mage["stages"]) == ["autoencoder", "transformer", "end_to_end"]
+    rates = mage["per_stage_steps_per_s"].values()
+    assert min(rates) <= mage["steps_per_s"] <= max(rates)  # weighted by the schedule
+    assert set(mage["schedule"]) == set(mage["stages"])
+    diffuser = data["algorithms"]["diffuser"]
+    lat = diffuser["settings"]["eager"]["latency"]["batch1"]
     assert lat["per_plan_ms"] > 0 and lat["amortised_per_action_ms"] < lat["per_plan_ms"]
-    assert lat["denoising_steps"] == fp32["diffuser"]["config"]["n_diffusion_steps"]
-    assert set(fp32["mage"]["training"]["per_stage_steps_per_s"]) == {"autoencoder", "transformer", "end_to_end"}
+    assert lat["denoising_steps"] == diffuser["config"]["n_diffusion_steps"]
     sweeps = data["mage_sweeps"]
+    assert sweeps["settings"] == ["eager"]
     assert [r["horizon"] for r in sweeps["horizon_sweep"]] == list(speed.QUICK.horizons)
     assert all(r["scales"][-1] == r["horizon"] // r["patch"] for r in sweeps["horizon_sweep"])
     assert [r["K"] for r in sweeps["k_sweep"]] == list(speed.QUICK.ks)
-    assert sweeps["at_diffuser_horizon"]["horizon"] == fp32["diffuser"]["config"]["horizon"]
-    for key in ("diffuser_over_mage_latency", "mage_over_dt_latency", "diffuser_amortised_over_mage_latency"):
-        assert data["ratios"][key] > 0, key
+    assert all(r["eager"]["batch1_ms"] > 0 and "graphs" not in r for r in sweeps["k_sweep"])
+    assert sweeps["at_diffuser_horizon"]["horizon"] == diffuser["config"]["horizon"]
+    for key in ("diffuser_over_mage_latency", "mage_over_dt_latency", "diffuser_amortised_over_mage_latency",
+                "mage_over_dt_latency_batch64"):
+        assert data["ratios"][key] > 0 and data["ratios_setting"][key] == "eager", key  # graphs: not on CPU
+    assert set(data["ratios_by_setting"]) == {"eager", "graphs"}
+    # the targets: every one with its measured value (eager here), GPU memory not measured on CPU
+    targets = data["targets"]
+    assert list(targets) == [t[0] for t in speed.TARGETS]
+    assert {f"{a}_train_peak_memory_mib" for a in speed.ALGOS} <= set(targets)
+    for key, t in targets.items():
+        assert {"target", "measured", "met"} <= set(t) and isinstance(t["met"], bool), key
+        if key.endswith("_memory_mib"):
+            assert t["measured"] is None and t["met"] is False
+        else:
+            assert t["measured"] > 0 and t["setting"] == "eager", key
+            assert t["met"] == (t["measured"] >= t["target"] if t["op"] == ">=" else t["measured"] <= t["target"])
+    assert targets["mage_stage1_steps_per_s"]["measured"] == mage["per_stage_steps_per_s"]["autoencoder"]
+    assert targets["mage_over_dt_latency_batch64"]["measured"] == data["ratios"]["mage_over_dt_latency_batch64"]
+    assert data["targets_summary"]["comparable"] is False and data["targets_summary"]["total"] == len(targets)
+    # README's speed block renders this layout
+    block = "\n".join(tables.speed_lines(data, "speed.json"))
+    assert block.count("| training steps/s") == 4 + 4 and "| one plan, batch 1 (ms) |" in block
+    assert "**Smoke test" in block and "skipped" in block and "predates" not in block
+
+
+def test_speed_records_a_failing_setting_and_goes_on(tmp_path, monkeypatch):
+    speed = load_script("speed")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom in training_stages")
+
+    monkeypatch.setattr(speed.load_algorithm("bc"), "training_stages", broken)
+    out = tmp_path / "speed.json"
+    assert speed.main(["--quick", "--device", "cpu", "--algos", "bc,iql", "--skip-sweeps", "--cudnn-benchmark",
+                       "off", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    assert list(data["algorithms"]) == ["bc", "iql"] and data["cudnn_benchmark"] is False
+    bc = data["algorithms"]["bc"]["settings"]["eager"]
+    assert bc["training"] == {"error": "RuntimeError: boom in training_stages"}  # recorded ...
+    assert bc["error"] == "training: RuntimeError: boom in training_stages"
+    assert bc["latency"]["batch64"]["per_action_ms"] > 0  # ... and acting is still measured, as is the next algorithm
+    assert data["algorithms"]["iql"]["settings"]["eager"]["training"]["steps_per_s"] > 0
+    assert data["targets"]["bc_steps_per_s"]["measured"] is None and data["device_lost"] is None
+    assert data["mage_sweeps"]["horizon_sweep"] == []
+    block = "\n".join(tables.speed_lines(data, "speed.json"))
+    assert "eager: error `training: RuntimeError: boom in training_stages`" in block
+    assert "| one action, batch 1 (ms) | " in block and "| training steps/s |" not in block.split("**IQL**")[0]
+
+
+def test_speed_compares_settings_side_by_side(tmp_path, monkeypatch):
+    """What a CUDA run produces for two settings that both ran (here the graphs setting is let run on CPU, where
+    config.compile takes the eager path): speed-ups, ratios and targets from the graphs setting, sweeps in both."""
+    speed = load_script("speed")
+    monkeypatch.setattr(speed, "skip_reason", lambda setting, device: None)
+    out = tmp_path / "speed.json"
+    assert speed.main(["--quick", "--device", "cpu", "--algos", "mage,dt,diffuser", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    for algo, entry in data["algorithms"].items():
+        assert all("error" not in e and e["training"]["steps_per_s"] > 0 for e in entry["settings"].values()), algo
+        gains = entry["speedups"]["graphs_over_eager"]
+        assert gains["training"] > 0 and gains["latency_batch1"] > 0 and gains["latency_batch64"] > 0, algo
+    assert set(data["algorithms"]["mage"]["speedups"]["graphs_over_eager"]) >= {
+        "training_autoencoder", "training_transformer", "training_end_to_end"}
+    assert set(data["ratios_setting"].values()) == {"graphs"}
+    assert data["ratios"] == data["ratios_by_setting"]["graphs"]
+    assert data["targets"]["mage_stage1_steps_per_s"]["setting"] == "graphs"
+    assert data["targets"]["mage_stage1_steps_per_s"]["measured"] == \
+        data["algorithms"]["mage"]["settings"]["graphs"]["training"]["per_stage_steps_per_s"]["autoencoder"]
+    assert data["targets"]["iql_steps_per_s"]["measured"] is None  # not asked for
+    sweeps = data["mage_sweeps"]
+    assert sweeps["settings"] == ["eager", "graphs"]
+    assert all(r[s]["batch64_ms"] > 0 for r in sweeps["horizon_sweep"] for s in ("eager", "graphs"))
+    block = "\n".join(tables.speed_lines(data, "speed.json"))
+    assert "|  | eager | graphs | target | met |" in block and "graphs / eager: training ×" in block
+    assert "skipped" not in block and "(eager)" not in block  # targets judged on graphs
 
 
 def test_k_scales_increase_and_end_at_the_latent_length():

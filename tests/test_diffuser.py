@@ -147,7 +147,9 @@ def test_resume_after_interruption_matches_uninterrupted_run(data_dir, tmp_path,
         ema = D.EMA(model, cfg.ema_decay)
         run_dir = Path(cfg.out_dir) / "diffuser" / cfg.task / f"seed{cfg.seed}"
         logger = Logger(cfg, "diffuser", run_dir, "disabled")
-        D.train(cfg, data, model, ema, run_dir, logger, device)
+        step, elapsed, saved = D.resume(cfg, data, model, ema, run_dir, device)  # as D.main does
+        stages, checkpoint = D.training_stages(cfg, data, model, ema, device, saved)
+        D.train_loop("diffuser", cfg, run_dir, logger, stages, step, checkpoint, elapsed=elapsed)
         return model, ema, run_dir
 
     reference, reference_ema, _ = run(tmp_path / "straight", resume=False)
@@ -179,7 +181,9 @@ def test_nan_loss_names_the_last_good_checkpoint(data_dir, tmp_path, monkeypatch
         return (loss * float("nan") if calls[0] > 7 else loss), stats
 
     monkeypatch.setattr(model, "losses", poisoned)
-    with pytest.raises(D.RunError, match="checkpoint_000000005.pt"):
-        D.train(cfg, data, model, D.EMA(model, 0.99), run_dir, Logger(cfg, "diffuser", run_dir, "disabled"),
-                torch.device("cpu"))
+    stages, checkpoint = D.training_stages(cfg, data, model, D.EMA(model, 0.99), torch.device("cpu"))
+    # the 8th loss is NaN: found at the next checkpoint step (10), before that checkpoint is written
+    message = r"loss became nan or inf at step 8; stopped, the last good checkpoint is .*/checkpoint_000000005\.pt$"
+    with pytest.raises(D.RunError, match=message):
+        D.train_loop("diffuser", cfg, run_dir, Logger(cfg, "diffuser", run_dir, "disabled"), stages, 0, checkpoint)
     assert load_latest_checkpoint(run_dir)["step"] == 5
