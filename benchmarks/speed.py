@@ -379,8 +379,9 @@ class Bench:
         self.make_policy = lambda: m.BCPolicy(self.model, self.data, c, dev)
 
     # --- training
-    def training(self, budget: Budget) -> dict:
-        """Every stage as train_loop runs it: begin(), then step(i) and after_step(i + 1)."""
+    def training(self, budget: Budget, profile_steps: int = 0) -> dict:
+        """Every stage as train_loop runs it: begin(), then step(i) and after_step(i + 1). ``profile_steps`` > 0
+        (CUDA) also records the GPU kernel time and kernel count per step (``kernel_profile``)."""
         dev, c = self.device, self.config
         warmup = max(budget.train_warmup, CAPTURE_CALLS + 1)  # the graphs setting replays from call 4 on
         stages, _ = self.stages()
@@ -404,6 +405,9 @@ class Bench:
             sync(dev)
             elapsed = time.perf_counter() - t0
             steady = peak_mib(dev)
+            profile = None
+            if profile_steps and dev.type == "cuda":
+                i, profile = kernel_profile(lambda i, f=step: run_steps(stage, f, i, 1)[0], i, profile_steps, dev)
             loss = stats.get("train/loss")
             loss = float(loss.item() if isinstance(loss, torch.Tensor) else loss) if loss is not None else None
             out["stages"][stage.name] = {
@@ -412,6 +416,8 @@ class Bench:
                 "steady_peak_memory_mib": steady,
                 "peak_reserved_mib": max_or_none(warm_reserved, reserved_peak_mib(dev)),
                 "loss_finite": None if loss is None else math.isfinite(loss)}
+            if profile is not None:
+                out["stages"][stage.name]["kernel_profile"] = profile
             del step, stats  # the captured graph and its memory pool go with the step
             free(dev)
             start = stage.end
@@ -470,6 +476,26 @@ class Bench:
                                                       follow["steady_peak_memory_mib"])}
 
 
+def kernel_profile(step: Callable[[int], int], i: int, n: int, device: torch.device) -> tuple[int, dict]:
+    """torch.profiler over n steps: GPU kernel time and kernels per step, and the heaviest kernels. The kernel time of
+    an eager step is the floor under its captured replay, which removes launch overhead only."""
+    from torch.profiler import ProfilerActivity, profile
+
+    sync(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(n):
+            i = step(i)
+        sync(device)
+    events = prof.key_averages()
+    gpu_us = sum(e.self_device_time_total for e in events)
+    top = sorted(events, key=lambda e: -e.self_device_time_total)[:8]
+    return i, {"steps": n, "gpu_ms_per_step": round(gpu_us / n / 1000, 3),
+               "kernels_per_step": round(sum(e.count for e in events if e.self_device_time_total > 0) / n, 1),
+               "bound_steps_per_s": round(n * 1e6 / gpu_us, 1) if gpu_us else None,
+               "top_kernels": [{"name": e.key[:90], "ms_per_step": round(e.self_device_time_total / n / 1000, 3),
+                                "calls_per_step": round(e.count / n, 1)} for e in top]}
+
+
 def run_steps(stage, step: Callable[[int], dict], i: int, n: int) -> tuple[int, dict]:
     """n training steps from global step i, as train_loop runs them: step(i), then the stage's after_step(i + 1)."""
     stats: dict = {}
@@ -502,7 +528,7 @@ def measure(algo: str, setting: Setting, args, device: torch.device, budget: Bud
             return {"error": error_text(exc)}
         entry: dict[str, Any] = {"config": describe(algo, config), "params_m": n_params(bench.model)}
         try:  # training and acting fail independently (e.g. a capture that fails in one of them)
-            entry["training"] = bench.training(budget)
+            entry["training"] = bench.training(budget, args.profile_steps if not setting.compile else 0)
         except Exception as exc:
             traceback.print_exc()
             entry["training"] = {"error": error_text(exc)}
@@ -787,6 +813,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--task", default="maze2d-large", help="maze2d-* or multi2d-* (the configs' task)")
     p.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
     p.add_argument("--algos", default=",".join(ALGOS), help="comma-separated subset of " + ", ".join(ALGOS))
+    p.add_argument("--profile-steps", type=int, default=5,
+                   help="CUDA: profile this many eager training steps per stage (GPU kernel time and count per "
+                        "step: the floor under a captured step); 0: off")
     p.add_argument("--settings", default="eager,graphs",
                    help="settings to measure, in this order (eager, graphs); e.g. 'graphs' alone, so that no "
                         "earlier setting has run cuDNN's autotuning for it")
