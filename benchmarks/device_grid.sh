@@ -12,8 +12,8 @@
 # there first to rerun it), run folders and logs -> /tmp/runs.
 # MPS raised every algorithm's steps/s 2-10x with 9 runs sharing one H200 (benchmarks/gpu_share.sh: BC 48 -> 334,
 # IQL 7 -> 73, DT 32 -> 73, MAGE stage 1 3.9 -> 10.6), so it is on.
-# Diffuser at H = 384 needs 20-45 GB a run: --per-gpu 9 with three of them on one GPU ran out of memory, so the
-# grid spreads them: run.py deals consecutive jobs to different GPUs.
+# Eager Diffuser runs at H = 384 took 20-45 GB each in their first steps (likely cuDNN autotuning), so run.py deals
+# consecutive jobs to different GPUs; with compile (CUDA graphs) 15 runs of all algorithms used <= 38 GB together.
 # The host needs this repo's requirements besides torch (carry wheels: shared/device notes); gymnasium's
 # mujoco envs also import glfw. Detached runs die when the host is given back: keep calling `watch`.
 set -u
