@@ -53,9 +53,13 @@ def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
 
 
 def load_optimizer(optimizer: torch.optim.Optimizer, state: dict) -> None:
-    """``load_state_dict`` that keeps a captured optimiser's learning rate a device tensor (a checkpoint of an eager
-    run holds floats) and an eager one's a float."""
+    """``load_state_dict`` that keeps this optimiser's own kind, whatever run wrote the checkpoint: a captured one keeps
+    its learning rate in a device tensor and stays capturable and fused, an eager one keeps a float rate. (Plain
+    load_state_dict would take the flags from the checkpoint: an eager run's state resumed under ``compile`` would
+    then sync inside the graph's capture.)"""
     lrs = [g["lr"] for g in optimizer.param_groups]
+    own = [{k: g[k] for k in ("capturable", "fused", "foreach") if k in g} for g in optimizer.param_groups]
+    state = {**state, "param_groups": [{**saved, **flags} for saved, flags in zip(state["param_groups"], own)]}
     optimizer.load_state_dict(state)
     for group, old in zip(optimizer.param_groups, lrs):
         value = float(group["lr"])

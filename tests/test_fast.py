@@ -53,6 +53,13 @@ def test_set_lr_and_load_optimizer_keep_a_tensor_rate_in_place():
     assert tensor_lr.param_groups[0]["lr"] is rate and float(rate) == pytest.approx(5e-4)
     training.load_optimizer(eager, tensor_lr.state_dict())
     assert isinstance(eager.param_groups[0]["lr"], float)
+    # a captured run's checkpoint (capturable, fused) resumed eagerly keeps the eager optimiser's own flags
+    saved = eager.state_dict()
+    saved["param_groups"][0].update(capturable=True, fused=True)
+    flags = {k: eager.param_groups[0][k] for k in ("capturable", "fused", "foreach")}
+    training.load_optimizer(eager, saved)
+    assert {k: eager.param_groups[0][k] for k in flags} == flags
+    eager.step()
     with pytest.raises(RunError, match="CUDA"):
         training.make_optimizer([p], 1e-3, "adamw", captured=True)
 
