@@ -56,12 +56,8 @@ def main() -> None:
         opt = mage.make_optimizer(model, stage, config)
         batch = sample()
 
-        def step():
-            loss_fn = mage.autoencoder_loss if stage == "autoencoder" else None
-            loss = loss_fn(model, batch, config)[0] if loss_fn else mage.transformer_loss(model, batch, config)[0]
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        def step():  # the real (eager) update of the stage
+            mage.update(model, opt, batch, config, stage)
 
         results[f"{stage}_step_ms"] = 1e3 * timed(step, device, max(3, args.reps // 4))
     results["sample_over_fastest_step"] = results["sample_ms"] / min(results["autoencoder_step_ms"],
