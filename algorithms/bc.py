@@ -27,9 +27,11 @@ from shared.datasets import load_dataset  # noqa: E402
 from shared.evaluation import evaluate, require_evaluation  # noqa: E402
 from shared.logger import Logger, finish_run, prepare_run_dir  # noqa: E402
 from shared.tasks import get_task  # noqa: E402
-from shared.training import Stage, captured, load_optimizer, make_optimizer, make_step, train_loop, use_graphs  # noqa: E402
+from shared.training import (  # noqa: E402
+    Stage, captured, load_optimizer, make_optimizer, make_step, resume_point, train_loop, use_graphs,
+)
 from shared.utils import (  # noqa: E402
-    RunError, device_name, load_latest_checkpoint, resolve_device, rng_state, run_main, set_rng_state, set_seed,
+    RunError, device_name, load_latest_checkpoint, resolve_device, rng_state, run_main, set_seed,
 )
 
 
@@ -233,12 +235,9 @@ def main(config: TrainConfig) -> dict:
     data = load_data(config, device, obs_norm)
     actor = Actor(data.in_dim, data.act_dim, config.hidden_dim, config.n_layers, config.dropout,
                   config.policy).to(device)
-    step, elapsed = 0, 0.0
     if state is not None:
         actor.load_state_dict(state["actor"])
-        set_rng_state(state["rng"])
-        step, elapsed = state["step"], state.get("train_wall_s", 0.0)
-        print(f"[{algo}] resumed from step {step} ({run_dir})")
+    step, elapsed = resume_point(state, algo, run_dir)
     print(f"[{algo}] {sum(p.numel() for p in actor.parameters()) / 1e6:.2f}M parameters on {device_name(device)}")
     logger = Logger(config, algo, run_dir, config.wandb_mode, config.project)
 

@@ -34,9 +34,11 @@ from shared.datasets import load_dataset  # noqa: E402
 from shared.evaluation import evaluate, require_evaluation  # noqa: E402
 from shared.logger import Logger, finish_run, prepare_run_dir  # noqa: E402
 from shared.tasks import get_task  # noqa: E402
-from shared.training import Stage, captured, load_optimizer, make_optimizer, make_step, train_loop, use_graphs  # noqa: E402
+from shared.training import (  # noqa: E402
+    Stage, captured, load_optimizer, make_optimizer, make_step, resume_point, train_loop, use_graphs,
+)
 from shared.utils import (  # noqa: E402
-    RunError, device_name, load_latest_checkpoint, resolve_device, rng_state, run_main, set_rng_state, set_seed,
+    RunError, device_name, load_latest_checkpoint, resolve_device, rng_state, run_main, set_seed,
 )
 
 
@@ -486,9 +488,7 @@ def resume(config: TrainConfig, data: TrajectoryData, model: Diffuser, ema: EMA,
                        "resume with the same dataset settings")
     model.load_state_dict(state["model"])
     ema.model.load_state_dict(state["ema"])
-    set_rng_state(state["rng"])
-    print(f"[diffuser] resumed from step {state['step']} ({run_dir})")
-    return state["step"], state.get("train_wall_s", 0.0), state
+    return (*resume_point(state, "diffuser", run_dir), state)
 
 
 # ============================================================================ evaluation

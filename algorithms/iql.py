@@ -33,9 +33,11 @@ from shared.datasets import load_dataset  # noqa: E402
 from shared.evaluation import evaluate, require_evaluation  # noqa: E402
 from shared.logger import Logger, finish_run, prepare_run_dir  # noqa: E402
 from shared.tasks import get_task  # noqa: E402
-from shared.training import Stage, captured, load_optimizer, make_optimizer, make_step, train_loop, use_graphs  # noqa: E402
+from shared.training import (  # noqa: E402
+    Stage, captured, load_optimizer, make_optimizer, make_step, resume_point, train_loop, use_graphs,
+)
 from shared.utils import (  # noqa: E402
-    RunError, device_name, load_latest_checkpoint, resolve_device, rng_state, run_main, set_rng_state, set_seed,
+    RunError, device_name, load_latest_checkpoint, resolve_device, rng_state, run_main, set_seed,
 )
 
 
@@ -337,12 +339,9 @@ def main(config: TrainConfig) -> dict:
     data = load_data(config, device, obs_norm)
     in_dim = data.obs_dim + (2 if data.goal_conditioned else 0)
     model = IQL(config, in_dim, data.act_dim).to(device)
-    step, elapsed = 0, 0.0
     if state is not None:
         model.load_state_dict(state["model"])
-        set_rng_state(state["rng"])
-        step, elapsed = state["step"], state.get("train_wall_s", 0.0)
-        print(f"[iql] resumed from step {step} ({run_dir})")
+    step, elapsed = resume_point(state, "iql", run_dir)
     print(f"[iql] {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {device_name(device)}")
     logger = Logger(config, "iql", run_dir, config.wandb_mode, config.project)
 

@@ -29,10 +29,10 @@ from shared.datasets import load_dataset  # noqa: E402
 from shared.evaluation import evaluate, require_evaluation  # noqa: E402
 from shared.logger import Logger, finish_run, prepare_run_dir  # noqa: E402
 from shared.tasks import get_task  # noqa: E402
-from shared.training import Stage, captured, load_optimizer, make_step, train_loop, use_graphs  # noqa: E402
+from shared.training import Stage, captured, load_optimizer, make_step, resume_point, train_loop, use_graphs  # noqa: E402
 from shared.training import make_optimizer as make_adam  # noqa: E402
 from shared.utils import (  # noqa: E402
-    RunError, device_name, load_latest_checkpoint, resolve_device, rng_state, run_main, set_rng_state, set_seed,
+    RunError, device_name, load_latest_checkpoint, resolve_device, rng_state, run_main, set_seed,
 )
 
 
@@ -759,14 +759,10 @@ def train(config: TrainConfig, data: TrajectoryData, model: MAGE, run_dir: Path,
           device: torch.device, evaluate_fn=None) -> tuple[int, float]:
     """Run the three stages from the newest checkpoint (if resuming) to the end; returns (final step, training
     wall time, including the time before a resume)."""
-    step, elapsed, saved = 0, 0.0, None
-    if config.resume:
-        saved = load_latest_checkpoint(run_dir, map_location=device)
-        if saved is not None:
-            model.load_state_dict(saved["model"])
-            step, elapsed = saved["step"], saved.get("train_wall_s", 0.0)
-            set_rng_state(saved["rng"])
-            print(f"[mage] resumed from step {step} ({run_dir})")
+    saved = load_latest_checkpoint(run_dir, map_location=device) if config.resume else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+    step, elapsed = resume_point(saved, "mage", run_dir)
     stages, checkpoint = training_stages(config, data, model, device, saved)
     return train_loop("mage", config, run_dir, logger, stages, step, checkpoint, evaluate_fn,
                       eval_from=config.ae_steps, elapsed=elapsed)

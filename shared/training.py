@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable, Optional
 import torch
 from tqdm import tqdm
 
-from shared.utils import RunError, save_checkpoint
+from shared.utils import RunError, save_checkpoint, set_rng_state
 
 Stats = dict  # name -> 0-d tensor (or float)
 
@@ -161,6 +161,17 @@ def make_step(update: Callable[[dict], Stats], sample: Callable[[], dict], optim
 
 
 # ----------------------------------------------------------------------------- the loop
+def resume_point(state: Optional[dict], name: str, run_dir: Path) -> tuple[int, float]:
+    """(step, training time so far) of a resumed checkpoint, with its RNG states restored (call it once the models
+    are built and loaded: building them draws random numbers); (0, 0.0) for a fresh run (``state`` None)."""
+    if state is None:
+        return 0, 0.0
+    set_rng_state(state["rng"])
+    print(f"[{name}] resumed from step {state['step']} ({run_dir})")
+    return state["step"], state.get("train_wall_s", 0.0)
+
+
+
 @dataclass
 class Stage:
     """A phase of training: MAGE has three, the baselines one. ``begin()`` is called when the loop enters the stage
