@@ -100,8 +100,8 @@ class TrainConfig:
     warmup_steps: int = 500  # linear warm-up at the start of each stage
     bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     compile: bool = True  # CUDA: every training step and every plan runs as a captured CUDA graph (CPU: eager)
-    inductor: bool = False  # CUDA + compile: also fuse each stage's loss with torch.compile (measured on one H200:
-    # 1.3-1.5x more steps/s, but 50-90 s of compilation per stage, so it pays off on long runs only)
+    inductor: bool = False  # CUDA + compile: also fuse each stage's loss with torch.compile (fewer kernels per step,
+    # about a minute of compilation per stage; benchmarks/speed.py --settings graphs,graphs+inductor measures it)
     log_every: int = 200  # steps between logged training metrics
     checkpoint_every: int = 5000  # steps between checkpoints (and at the end of every stage)
     # --- evaluation

@@ -85,9 +85,13 @@ class Setting:
     name: str
     compile: bool  # config.compile: the CUDA-graph fast path
     bf16: bool  # config.bf16: bf16 autocast
+    inductor: bool = False  # MAGE's config.inductor: its losses also fused by torch.compile (other algorithms skip)
 
 
-SETTINGS = (Setting("eager", False, False), Setting("graphs", True, False))
+# graphs+inductor is measured only when asked for (--settings eager,graphs,graphs+inductor): it compiles for minutes
+SETTINGS = (Setting("eager", False, False), Setting("graphs", True, False),
+            Setting("graphs+inductor", True, False, True))
+DEFAULT_SETTINGS = "eager,graphs"
 BF16_SETTINGS = (Setting("eager+bf16", False, True), Setting("graphs+bf16", True, True))
 
 
@@ -510,12 +514,16 @@ def run_steps(stage, step: Callable[[int], dict], i: int, n: int) -> tuple[int, 
 def algo_config(algo: str, args, setting: Setting, extra: Optional[dict] = None):
     mod = load_algorithm(algo)
     overrides = {**(QUICK_OVERRIDES[algo] if args.quick else {}), "compile": setting.compile, "bf16": setting.bf16}
+    if setting.inductor:
+        overrides["inductor"] = True
     return make_config(mod, algo, args.task, args.device, {**overrides, **(extra or {})})
 
 
 def measure(algo: str, setting: Setting, args, device: torch.device, budget: Budget) -> dict:
     """Training and latency of one algorithm in one setting, on a freshly built model; errors are recorded."""
     skip = skip_reason(setting, device)
+    if setting.inductor and algo != "mage":
+        skip = "inductor fusion is a MAGE option (config.inductor)"
     if skip:
         return {"skipped": skip}
     bench = policy = None
@@ -612,7 +620,8 @@ def speedups(fast: dict, slow: dict, batches: tuple) -> dict:
 
 
 def speedups_of(settings: dict, batches: tuple) -> dict:
-    pairs = [("graphs", "eager"), ("graphs+bf16", "eager+bf16"), ("eager+bf16", "eager"), ("graphs+bf16", "graphs")]
+    pairs = [("graphs", "eager"), ("graphs+bf16", "eager+bf16"), ("eager+bf16", "eager"), ("graphs+bf16", "graphs"),
+             ("graphs+inductor", "graphs")]
     return {f"{a}_over_{b}": speedups(settings[a], settings[b], batches) for a, b in pairs
             if a in settings and b in settings}
 
@@ -621,7 +630,7 @@ def speedups_of(settings: dict, batches: tuple) -> dict:
 def mage_sweeps(args, device: torch.device, budget: Budget, settings: list[Setting]) -> dict:
     """MAGE per-action time vs H (scales 1, 2, 4, ... H/patch) and vs K (at the config's H), in each fp32 setting
     that runs on this device; Diffuser's horizon gives the equal-horizon comparison."""
-    measured = [s for s in settings if not s.bf16 and skip_reason(s, device) is None]
+    measured = [s for s in settings if not s.bf16 and not s.inductor and skip_reason(s, device) is None]
     base = algo_config("mage", args, SETTINGS[0])
     try:
         diffuser_horizon = algo_config("diffuser", args, SETTINGS[0]).horizon
@@ -816,9 +825,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--profile-steps", type=int, default=5,
                    help="CUDA: profile this many eager training steps per stage (GPU kernel time and count per "
                         "step: the floor under a captured step); 0: off")
-    p.add_argument("--settings", default="eager,graphs",
-                   help="settings to measure, in this order (eager, graphs); e.g. 'graphs' alone, so that no "
-                        "earlier setting has run cuDNN's autotuning for it")
+    p.add_argument("--settings", default=DEFAULT_SETTINGS,
+                   help="settings to measure, in this order (eager, graphs, graphs+inductor); e.g. 'graphs' alone, "
+                        "so that no earlier setting has run cuDNN's autotuning for it")
     p.add_argument("--bf16", action="store_true", help="also measure eager and graphs with bf16 autocast (CUDA)")
     p.add_argument("--cudnn-benchmark", choices=("on", "off"), default="on",
                    help="torch.backends.cudnn.benchmark (on: as the algorithms' main(); off: no autotuning "
@@ -840,7 +849,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not chosen or set(chosen) - {s.name for s in SETTINGS}:
         p.error(f"--settings: choose from {', '.join(s.name for s in SETTINGS)} (--bf16 adds their bf16 variants)")
     by_name = {s.name: s for s in SETTINGS + BF16_SETTINGS}
-    settings = [by_name[n] for n in chosen] + ([by_name[f"{n}+bf16"] for n in chosen] if args.bf16 else [])
+    settings = [by_name[n] for n in chosen] + ([by_name[f"{n}+bf16"] for n in chosen if f"{n}+bf16" in by_name]
+                                               if args.bf16 else [])
     load_before = os.getloadavg()[0]
     name = device_name(device)  # asked now: after a lost CUDA context the driver may not answer
     print(f"speed on {name} (torch {torch.__version__}), task {args.task}, cuDNN benchmark "
