@@ -744,8 +744,12 @@ def training_stages(config: TrainConfig, data: TrajectoryData, model: MAGE, devi
                 if config.dead_code_every and i % config.dead_code_every == 0:
                     return {"ae/dead_codes_restarted": model.vq.restart_dead_codes()}
 
+            # its own random stream: how often a run logs never changes the batches it trains on
+            diag_rng = torch.Generator(data.buffer.device).manual_seed(config.seed)
+
             def diagnostics():
-                return autoencoder_diagnostics(model, sample_batch(data, config), config)
+                batch = data.buffer.sample(config.batch_size, generator=diag_rng)
+                return autoencoder_diagnostics(model, batch, config)
         return Stage(name, start + length, begin, after, diagnostics)
 
     def checkpoint() -> dict:
