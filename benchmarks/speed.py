@@ -27,7 +27,8 @@ Settings, each on a freshly built model with the same seed (training changes the
   eager   config.compile = False: the eager path;
   graphs  config.compile = True: each training step is one CUDA-graph replay, each plan / forward of the policy one
           replay per batch size. CUDA only: on CPU use_graphs() keeps the eager path, so it is recorded as skipped;
-both fp32 (config.bf16 = False); ``--bf16`` adds eager+bf16 and graphs+bf16 (bf16 autocast, CUDA only).
+both fp32 (config.bf16 = False); ``--bf16`` adds the bf16 variants of the chosen settings (bf16 autocast, CUDA only),
+which ``--settings`` also takes by name (e.g. ``graphs,graphs+bf16``).
 Per algorithm the speed-ups graphs over eager; ratios between the algorithms (from the graphs setting where it
 ran, else eager); the project's targets (maze2d-large configs, one H200) with measured values and whether they are
 met. A setting that fails records its error and the run goes on; a CUDA error that loses the GPU context skips the
@@ -92,7 +93,8 @@ class Setting:
 SETTINGS = (Setting("eager", False, False), Setting("graphs", True, False),
             Setting("graphs+inductor", True, False, True))
 DEFAULT_SETTINGS = "eager,graphs"
-BF16_SETTINGS = (Setting("eager+bf16", False, True), Setting("graphs+bf16", True, True))
+BF16_SETTINGS = (Setting("eager+bf16", False, True), Setting("graphs+bf16", True, True),
+                 Setting("graphs+inductor+bf16", True, True, True))
 
 
 @dataclasses.dataclass
@@ -492,12 +494,17 @@ def kernel_profile(step: Callable[[int], int], i: int, n: int, device: torch.dev
         sync(device)
     events = prof.key_averages()
     gpu_us = sum(e.self_device_time_total for e in events)
-    top = sorted(events, key=lambda e: -e.self_device_time_total)[:8]
+    kernels = [e for e in events if e.self_device_time_total > 0]
+
+    def rows(key: Callable) -> list[dict]:
+        return [{"name": e.key[:90], "ms_per_step": round(e.self_device_time_total / n / 1000, 3),
+                 "calls_per_step": round(e.count / n, 1)} for e in sorted(kernels, key=key)[:16]]
+
     return i, {"steps": n, "gpu_ms_per_step": round(gpu_us / n / 1000, 3),
-               "kernels_per_step": round(sum(e.count for e in events if e.self_device_time_total > 0) / n, 1),
+               "kernels_per_step": round(sum(e.count for e in kernels) / n, 1),
                "bound_steps_per_s": round(n * 1e6 / gpu_us, 1) if gpu_us else None,
-               "top_kernels": [{"name": e.key[:90], "ms_per_step": round(e.self_device_time_total / n / 1000, 3),
-                                "calls_per_step": round(e.count / n, 1)} for e in top]}
+               "top_kernels": rows(lambda e: -e.self_device_time_total),  # where the time goes
+               "most_launched": rows(lambda e: -e.count)}  # where the kernel count comes from
 
 
 def run_steps(stage, step: Callable[[int], dict], i: int, n: int) -> tuple[int, dict]:
@@ -846,11 +853,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     torch.set_float32_matmul_precision("high")  # as the algorithms' main(): TF32 matmuls
     budget = QUICK if args.quick else Budget()
     chosen = [x.strip() for x in args.settings.split(",") if x.strip()]
-    if not chosen or set(chosen) - {s.name for s in SETTINGS}:
-        p.error(f"--settings: choose from {', '.join(s.name for s in SETTINGS)} (--bf16 adds their bf16 variants)")
     by_name = {s.name: s for s in SETTINGS + BF16_SETTINGS}
+    if not chosen or set(chosen) - set(by_name):
+        p.error(f"--settings: choose from {', '.join(by_name)} (--bf16 adds the bf16 variants of those chosen)")
     settings = [by_name[n] for n in chosen] + ([by_name[f"{n}+bf16"] for n in chosen if f"{n}+bf16" in by_name]
                                                if args.bf16 else [])
+    settings = list(dict.fromkeys(settings))  # a setting named twice runs once
     load_before = os.getloadavg()[0]
     name = device_name(device)  # asked now: after a lost CUDA context the driver may not answer
     print(f"speed on {name} (torch {torch.__version__}), task {args.task}, cuDNN benchmark "
