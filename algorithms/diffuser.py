@@ -35,7 +35,7 @@ from shared.evaluation import evaluate, require_evaluation  # noqa: E402
 from shared.logger import Logger, finish_run, prepare_run_dir  # noqa: E402
 from shared.tasks import get_task  # noqa: E402
 from shared.training import (  # noqa: E402
-    Stage, captured, load_optimizer, make_optimizer, make_step, resume_point, train_loop, use_graphs,
+    Stage, captured, fused, load_optimizer, make_optimizer, make_step, resume_point, train_loop, use_graphs,
 )
 from shared.utils import (  # noqa: E402
     RunError, device_name, load_latest_checkpoint, resolve_device, rng_state, run_main, set_seed,
@@ -84,6 +84,7 @@ class TrainConfig:
     ema_start: int = 1000  # before this step the EMA copies the weights
     bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     compile: bool = True  # CUDA: every training step and unguided plan run as captured CUDA graphs (CPU: eager)
+    inductor: bool = False  # CUDA + compile: also fuse the loss with torch.compile (shared.training.fused)
     cpu_threads: int = 0  # CPU runs: torch threads (0: torch's default); 1 avoids thread thrashing on a busy machine
     log_every: int = 200  # steps between logged training metrics
     checkpoint_every: int = 5000  # steps between checkpoints (and at the end)
@@ -438,7 +439,8 @@ def update(model: Diffuser, optimizer: torch.optim.Optimizer, batch: dict, confi
     step can be captured as a CUDA graph). The EMA is updated between steps (``training_stages``' after_step)."""
     model.train()
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.bf16 and batch["x"].is_cuda):
-        loss, stats = model.losses(batch["x"], cond_mask, batch.get("value_target"))
+        losses = fused(model.losses, config.inductor and config.compile and batch["x"].is_cuda)
+        loss, stats = losses(batch["x"], cond_mask, batch.get("value_target"))
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     nets = [model.denoiser] + ([model.value] if model.value is not None else [])

@@ -29,7 +29,9 @@ from shared.datasets import load_dataset  # noqa: E402
 from shared.evaluation import evaluate, require_evaluation  # noqa: E402
 from shared.logger import Logger, finish_run, prepare_run_dir  # noqa: E402
 from shared.tasks import get_task  # noqa: E402
-from shared.training import Stage, captured, load_optimizer, make_step, resume_point, train_loop, use_graphs  # noqa: E402
+from shared.training import (  # noqa: E402
+    Stage, captured, fused, load_optimizer, make_step, resume_point, train_loop, use_graphs,
+)
 from shared.training import make_optimizer as make_adam  # noqa: E402
 from shared.utils import (  # noqa: E402
     RunError, device_name, load_latest_checkpoint, resolve_device, rng_state, run_main, set_seed,
@@ -100,8 +102,8 @@ class TrainConfig:
     warmup_steps: int = 500  # linear warm-up at the start of each stage
     bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     compile: bool = True  # CUDA: every training step and every plan runs as a captured CUDA graph (CPU: eager)
-    inductor: bool = False  # CUDA + compile: also fuse each stage's loss with torch.compile (fewer kernels per step,
-    # about a minute of compilation per stage; benchmarks/speed.py --settings graphs,graphs+inductor measures it)
+    inductor: bool = False  # CUDA + compile: also fuse each stage's loss with torch.compile (shared.training.fused;
+    # fewer kernels per step, compiled once per stage)
     log_every: int = 200  # steps between logged training metrics
     checkpoint_every: int = 5000  # steps between checkpoints (and at the end of every stage)
     # --- evaluation
@@ -670,9 +672,7 @@ def update(model: MAGE, optimizer: torch.optim.Optimizer, batch: dict, config: T
     model.train()
     if stage != "autoencoder":  # the autoencoder is frozen after stage 1
         model.encoder.eval(), model.vq.eval()
-    loss_fn = STAGE_LOSSES[stage]
-    if config.inductor and config.compile and batch["x"].is_cuda:
-        loss_fn = fused_loss(stage)
+    loss_fn = fused(STAGE_LOSSES[stage], config.inductor and config.compile and batch["x"].is_cuda)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.bf16 and batch["x"].is_cuda):
         loss, stats = loss_fn(model, batch, config)
     optimizer.zero_grad(set_to_none=True)
@@ -681,20 +681,6 @@ def update(model: MAGE, optimizer: torch.optim.Optimizer, batch: dict, config: T
     grad_norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
     optimizer.step()
     return {**stats, "train/loss": loss.detach(), "train/grad_norm": grad_norm}
-
-
-_FUSED: dict = {}
-
-
-def fused_loss(stage: str):
-    """The stage's loss compiled by torch.compile (inductor: fewer, fused kernels; the CUDA graph still wraps the
-    step). ATen's RNG (fallback_random) keeps dropout and Gumbel noise on torch's graph-safe generator."""
-    if stage not in _FUSED:
-        import torch._inductor.config as inductor_config
-
-        inductor_config.fallback_random = True
-        _FUSED[stage] = torch.compile(STAGE_LOSSES[stage], dynamic=False)
-    return _FUSED[stage]
 
 
 def sample_batch(data: TrajectoryData, config: TrainConfig) -> dict:

@@ -86,9 +86,10 @@ class Setting:
     name: str
     compile: bool  # config.compile: the CUDA-graph fast path
     bf16: bool  # config.bf16: bf16 autocast
-    inductor: bool = False  # MAGE's config.inductor: its losses also fused by torch.compile (other algorithms skip)
+    inductor: bool = False  # config.inductor (MAGE, Diffuser): the loss also fused by torch.compile (others skip)
 
 
+INDUCTOR_ALGOS = ("mage", "diffuser")  # the algorithms with config.inductor
 # graphs+inductor is measured only when asked for (--settings eager,graphs,graphs+inductor): it compiles for minutes
 SETTINGS = (Setting("eager", False, False), Setting("graphs", True, False),
             Setting("graphs+inductor", True, False, True))
@@ -529,8 +530,8 @@ def algo_config(algo: str, args, setting: Setting, extra: Optional[dict] = None)
 def measure(algo: str, setting: Setting, args, device: torch.device, budget: Budget) -> dict:
     """Training and latency of one algorithm in one setting, on a freshly built model; errors are recorded."""
     skip = skip_reason(setting, device)
-    if setting.inductor and algo != "mage":
-        skip = "inductor fusion is a MAGE option (config.inductor)"
+    if setting.inductor and algo not in INDUCTOR_ALGOS:
+        skip = f"inductor fusion (config.inductor) is an option of {' and '.join(INDUCTOR_ALGOS)} only"
     if skip:
         return {"skipped": skip}
     bench = policy = None
@@ -628,7 +629,7 @@ def speedups(fast: dict, slow: dict, batches: tuple) -> dict:
 
 def speedups_of(settings: dict, batches: tuple) -> dict:
     pairs = [("graphs", "eager"), ("graphs+bf16", "eager+bf16"), ("eager+bf16", "eager"), ("graphs+bf16", "graphs"),
-             ("graphs+inductor", "graphs")]
+             ("graphs+inductor", "graphs"), ("graphs+inductor+bf16", "graphs")]
     return {f"{a}_over_{b}": speedups(settings[a], settings[b], batches) for a, b in pairs
             if a in settings and b in settings}
 

@@ -138,6 +138,23 @@ def captured(fn: Callable[..., Any], enabled: bool) -> Callable[..., Any]:
     return CapturedFunction(fn) if enabled else fn
 
 
+_FUSED: dict = {}
+
+
+def fused(fn: Callable[..., Any], enabled: bool) -> Callable[..., Any]:
+    """``fn`` (a loss) compiled by torch.compile when ``enabled``: inductor fuses its many small elementwise kernels
+    (the CUDA graph of the step still wraps it), at the cost of compiling once per process and shape. ATen's RNG
+    (``fallback_random``) keeps dropout and noise on torch's graph-safe generator."""
+    if not enabled:
+        return fn
+    if fn not in _FUSED:
+        import torch._inductor.config as inductor_config
+
+        inductor_config.fallback_random = True
+        _FUSED[fn] = torch.compile(fn, dynamic=False)
+    return _FUSED[fn]
+
+
 def use_graphs(compile: bool, device: torch.device) -> bool:
     """The fast path runs on CUDA only; CPU runs (tests, CI, the tiny configs) stay eager."""
     return bool(compile) and device.type == "cuda"
