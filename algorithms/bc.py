@@ -1,9 +1,11 @@
 """Behaviour cloning and top-return-filtered BC ("10% BC", Chen et al. 2021), CORL style, in one file.
 
-An MLP maps the normalised state (plus, on goal tasks, the normalised goal) to an action, trained by MSE to the
-dataset action (``policy: mse``, CORL's BC) or by the likelihood of a tanh-Gaussian (``policy: gaussian``).
-On maze2d-*/multi2d-* the policy is goal-conditioned: during training the goal is the collection goal
-``infos/goal`` of each trajectory (hindsight), at evaluation the goal the env hands to ``Policy.reset``.
+An MLP maps the normalised state (plus, when given the goal, the normalised goal) to an action, trained by MSE to
+the dataset action (``policy: mse``, CORL's BC) or by the likelihood of a tanh-Gaussian (``policy: gaussian``).
+Which tasks give the goal is the task's protocol (shared.tasks.goal_input): on maze2d-* BC sees the state only, as
+D4RL's and CORL's BC; on multi2d-* it is goal-conditioned. ``goal_input: true`` makes it goal-conditioned on maze2d
+too (the ``bc-goal`` variant of benchmarks/run.py): during training the goal is the collection goal ``infos/goal``
+of each trajectory (hindsight), at evaluation the goal the env hands to ``Policy.reset``.
 ``filter_top_fraction`` < 1 keeps only the trajectories with the highest returns (sum of dataset rewards, CORL's
 ``keep_best_trajectories``); their results carry the algorithm name ``bc<percent>`` (e.g. ``bc10``), while the run
 folder stays out_dir/bc/task/seedK (benchmarks/run.py gives each variant its own out_dir).
@@ -26,7 +28,7 @@ from shared.buffer import Normalizer, TransitionBuffer, returns_to_go, split_tra
 from shared.datasets import load_dataset  # noqa: E402
 from shared.evaluation import evaluate, require_evaluation  # noqa: E402
 from shared.logger import Logger, finish_run, prepare_run_dir  # noqa: E402
-from shared.tasks import get_task  # noqa: E402
+from shared.tasks import algo_inputs, get_task, goal_input  # noqa: E402
 from shared.training import (  # noqa: E402
     Stage, captured, load_optimizer, make_optimizer, make_step, resume_point, train_loop, use_graphs,
 )
@@ -53,6 +55,7 @@ class TrainConfig:
     dataset_size: Optional[int] = None  # transitions of embedded data to generate/use (None: the task's full size)
     dataset_seed: int = 0  # seed of the embedded dataset generator
     filter_top_fraction: float = 1.0  # keep the trajectories with the top returns (0.1 = 10 percent BC; 1.0 = all)
+    goal_input: Optional[bool] = None  # give the policy the goal; None: the task's protocol (maze2d no, multi2d yes)
     # --- model
     policy: str = "mse"  # "mse": deterministic tanh MLP (CORL's BC); "gaussian": tanh-Gaussian, max likelihood
     hidden_dim: int = 256  # width of the MLP's hidden layers
@@ -89,8 +92,8 @@ class BCData:
     obs_norm: Normalizer  # state normalisation (saved in checkpoints)
     obs_dim: int
     act_dim: int
-    in_dim: int  # policy input width: obs_dim (+ 2 goal coordinates on goal tasks)
-    goal_conditioned: bool
+    in_dim: int  # policy input width: obs_dim (+ 2 goal coordinates when given the goal)
+    goal_conditioned: bool  # whether the policy is given the goal (shared.tasks.goal_input)
     info: dict  # dataset source and recipe, for the results file
 
 
@@ -106,7 +109,7 @@ def keep_top_trajectories(rewards: np.ndarray, bounds: np.ndarray, fraction: flo
 
 def load_data(config: TrainConfig, device: torch.device, obs_norm: Optional[Normalizer] = None) -> BCData:
     """Dataset -> (optionally) top trajectories -> normalised (state [, hindsight goal], action) pairs."""
-    task = get_task(config.task)
+    with_goal = goal_input(config.task, "bc", config.goal_input)
     data, info = load_dataset(config.task, dataset_path=config.dataset_path, size=config.dataset_size,
                               seed=config.dataset_seed)
     obs, actions = data["observations"].astype(np.float32), data["actions"].astype(np.float32)
@@ -115,7 +118,7 @@ def load_data(config: TrainConfig, device: torch.device, obs_norm: Optional[Norm
     rows = np.concatenate([np.arange(s, e) for s, e in kept])
     obs_norm = obs_norm or Normalizer.fit(obs)  # statistics of the full dataset, as CORL
     inputs = obs_norm.normalize(obs[rows])
-    if task.goal_conditioned:
+    if with_goal:
         goals = data["infos/goal"][rows].astype(np.float32)  # hindsight goal: where the collector was driving
         inputs = np.concatenate([inputs, (goals - obs_norm.mean[:2]) / obs_norm.std[:2]], 1)
     inputs = inputs.astype(np.float32)
@@ -123,8 +126,8 @@ def load_data(config: TrainConfig, device: torch.device, obs_norm: Optional[Norm
     new_bounds = np.stack([np.cumsum(lengths) - lengths, np.cumsum(lengths)], 1)
     buffer = TransitionBuffer({"inputs": inputs, "actions": actions[rows]}, new_bounds, device)
     print(f"[bc] {config.task}: {len(rows):,} of {len(obs):,} transitions ({len(kept):,} of {len(bounds):,} "
-          f"trajectories), data = {info['source']}")
-    return BCData(buffer, obs_norm, obs.shape[1], actions.shape[1], inputs.shape[1], task.goal_conditioned, info)
+          f"trajectories), data = {info['source']}; inputs: {algo_inputs(config.task, 'bc', config.goal_input)}")
+    return BCData(buffer, obs_norm, obs.shape[1], actions.shape[1], inputs.shape[1], with_goal, info)
 
 
 # ============================================================================ model
@@ -226,6 +229,7 @@ class BCPolicy:
 def main(config: TrainConfig) -> dict:
     task = get_task(config.task)  # unknown task: one clear line
     require_evaluation(task.name)  # a D4RL task without gym/d4rl fails now, not after training
+    config.goal_input = goal_input(task.name, "bc", config.goal_input)  # resolved: the results say what BC was given
     algo = algo_name(config)
     device = resolve_device(config.device)
     set_seed(config.seed)

@@ -33,7 +33,7 @@ from shared.buffer import Normalizer, SegmentBuffer, returns_to_go, split_trajec
 from shared.datasets import load_dataset  # noqa: E402
 from shared.evaluation import evaluate, require_evaluation  # noqa: E402
 from shared.logger import Logger, finish_run, prepare_run_dir  # noqa: E402
-from shared.tasks import get_task  # noqa: E402
+from shared.tasks import get_task, goal_input  # noqa: E402
 from shared.training import (  # noqa: E402
     Stage, captured, fused, load_optimizer, make_optimizer, make_step, resume_point, train_loop, use_graphs,
 )
@@ -129,7 +129,7 @@ def fit_normalizer(x: np.ndarray, kind: str) -> Normalizer:
 
 def load_data(config: TrainConfig, device: torch.device) -> TrajectoryData:
     """Dataset -> trajectories -> normalised (a, s) per step (+ discounted returns) in a device-side buffer."""
-    task = get_task(config.task)
+    with_goal = goal_input(config.task, "diffuser")  # AntMaze: no goal (value guidance; shared.tasks.GOAL_PLANNERS)
     data, info = load_dataset(config.task, dataset_path=config.dataset_path, size=config.dataset_size,
                               seed=config.dataset_seed)
     obs, actions = data["observations"].astype(np.float32), data["actions"].astype(np.float32)
@@ -149,7 +149,7 @@ def load_data(config: TrainConfig, device: torch.device) -> TrajectoryData:
     buffer = SegmentBuffer(fields, bounds, config.horizon, device)
     obs_dim, act_dim = obs.shape[1], actions.shape[1]
     rest_dims = rest_values = None
-    if config.pad_rest and task.goal_conditioned and obs_dim == 4:
+    if config.pad_rest and with_goal and obs_dim == 4:
         rest = np.zeros(act_dim + obs_dim, bool)
         rest[:act_dim] = True  # actions
         rest[act_dim + 2:] = True  # velocities
@@ -158,7 +158,7 @@ def load_data(config: TrainConfig, device: torch.device) -> TrajectoryData:
         rest_values = torch.as_tensor(zero, dtype=torch.float32, device=device)
     print(f"[diffuser] {config.task}: {len(obs):,} transitions, {buffer.num_trajectories:,} trajectories, "
           f"data = {info['source']}")
-    return TrajectoryData(buffer, x_norm, obs_dim, act_dim, task.goal_conditioned, rest_dims, rest_values,
+    return TrajectoryData(buffer, x_norm, obs_dim, act_dim, with_goal, rest_dims, rest_values,
                           value_stats, info)
 
 

@@ -1,13 +1,16 @@
 """Decision Transformer (Chen, Lu, Rajeswaran et al., NeurIPS 2021, arXiv 2106.01345), CORL style, in one file.
 
 A GPT over the interleaved tokens (R_1, s_1, a_1, ..., R_K, s_K, a_K) of the last K steps, causally masked, that
-predicts a_t from the output at s_t. Every token embedding gets the timestep embedding added and, on goal tasks
-(maze2d-*, multi2d-*), a goal embedding too.
-Goal tasks: R_t is the hindsight goal-reaching return-to-go discount^(steps until within 0.45 of the trajectory's
+predicts a_t from the output at s_t. Every token embedding gets the timestep embedding added and, when DT is given
+the goal, a goal embedding too. Who gets the goal is the task's protocol (shared.tasks.goal_input): on maze2d-* DT
+sees (observation, return-to-go of the dataset's sparse reward at the fixed evaluation goal) only, as CORL's DT; on
+multi2d-*, and on maze2d-* with ``goal_input: true`` (the ``dt-goal`` variant of benchmarks/run.py), it is
+goal-conditioned.
+With the goal: R_t is the hindsight goal-reaching return-to-go discount^(steps until within 0.45 of the trajectory's
 collection goal infos/goal) in [0, 1] (shared.buffer.goal_returns_to_go, the same R as MAGE); evaluation conditions
 on R = target_return (1.0: "at the goal") at every step and on the env's goal.
-Reward tasks: R_t is the undiscounted return-to-go times reward_scale; evaluation starts from target_return and
-subtracts the rewards received, as in the paper.
+Without the goal: R_t is the undiscounted return-to-go of the dataset rewards times reward_scale; evaluation starts
+from target_return and subtracts the rewards received, as in the paper.
 Run:  python algorithms/dt.py --config configs/dt/maze2d-umaze.yaml [--field value ...]
 """
 
@@ -27,7 +30,7 @@ from shared.buffer import Normalizer, SegmentBuffer, goal_returns_to_go, returns
 from shared.datasets import load_dataset  # noqa: E402
 from shared.evaluation import evaluate, require_evaluation  # noqa: E402
 from shared.logger import Logger, finish_run, prepare_run_dir  # noqa: E402
-from shared.tasks import get_task  # noqa: E402
+from shared.tasks import algo_inputs, get_task, goal_input  # noqa: E402
 from shared.training import (  # noqa: E402
     Stage, captured, load_optimizer, make_optimizer, make_step, resume_point, train_loop, use_graphs,
 )
@@ -53,11 +56,12 @@ class TrainConfig:
     dataset_path: Optional[str] = None  # a D4RL-format HDF5 file to train on instead of the task's default data
     dataset_size: Optional[int] = None  # transitions of embedded data to generate/use (None: the task's full size)
     dataset_seed: int = 0  # seed of the embedded dataset generator
+    goal_input: Optional[bool] = None  # give DT the goal; None: the task's protocol (maze2d no, multi2d yes)
     seq_len: int = 20  # K: time steps in the context (3K tokens)
     episode_len: int = 1000  # timestep embeddings cover max(episode_len, task episode length, longest trajectory)
-    discount: float = 0.99  # goal tasks: R_t = discount^(steps to the goal) (reward tasks: undiscounted RTG)
-    goal_radius: float = 0.45  # goal tasks: distance at which the hindsight goal counts as reached
-    reward_scale: float = 0.001  # reward tasks: returns-to-go are multiplied by this (goal tasks: unused)
+    discount: float = 0.99  # with the goal: R_t = discount^(steps to the goal) (without: undiscounted RTG)
+    goal_radius: float = 0.45  # with the goal: distance at which the hindsight goal counts as reached
+    reward_scale: float = 0.001  # without the goal: returns-to-go are multiplied by this (with the goal: unused)
     # --- model
     embedding_dim: int = 128  # transformer width
     n_layers: int = 3  # transformer blocks
@@ -82,7 +86,7 @@ class TrainConfig:
     eval_episodes: int = 100  # episodes of the final evaluation
     eval_episodes_during: int = 20  # episodes of each evaluation during training
     num_eval_envs: int = 50  # environments stepped together (one batched forward pass per step)
-    target_return: float = 1.0  # R at the first step: goal tasks in [0, 1] (kept every step); reward tasks raw
+    target_return: float = 1.0  # R at the first step: with the goal in [0, 1] (kept every step); without, raw
 
 
 # ============================================================================ data
@@ -92,13 +96,14 @@ class SequenceData:
     obs_norm: Normalizer  # state normalisation (saved in checkpoints)
     obs_dim: int
     act_dim: int
-    goal_dim: int  # 2 on goal tasks, 0 otherwise
+    goal_dim: int  # 2 when DT is given the goal (shared.tasks.goal_input), 0 otherwise
     max_timestep: int  # size of the timestep embedding table
     info: dict  # dataset source and recipe, for the results file
 
 
 def load_data(config: TrainConfig, device: torch.device, obs_norm: Optional[Normalizer] = None) -> SequenceData:
     task = get_task(config.task)
+    with_goal = goal_input(config.task, "dt", config.goal_input)
     data, info = load_dataset(config.task, dataset_path=config.dataset_path, size=config.dataset_size,
                               seed=config.dataset_seed)
     obs, actions = data["observations"].astype(np.float32), data["actions"].astype(np.float32)
@@ -108,7 +113,7 @@ def load_data(config: TrainConfig, device: torch.device, obs_norm: Optional[Norm
     for start, end in bounds:
         timesteps[start:end] = np.arange(end - start)
     fields = {"states": obs_norm.normalize(obs).astype(np.float32), "actions": actions, "timesteps": timesteps}
-    if task.goal_conditioned:
+    if with_goal:
         goals = data["infos/goal"].astype(np.float32)
         rtg = goal_returns_to_go(obs[:, :2], goals, bounds, radius=config.goal_radius, discount=config.discount)
         fields["goals"] = ((goals - obs_norm.mean[:2]) / obs_norm.std[:2]).astype(np.float32)
@@ -118,8 +123,8 @@ def load_data(config: TrainConfig, device: torch.device, obs_norm: Optional[Norm
     max_timestep = max(config.episode_len, task.max_episode_steps, int((bounds[:, 1] - bounds[:, 0]).max()))
     buffer = SegmentBuffer(fields, bounds, config.seq_len, device)
     print(f"[dt] {config.task}: {len(obs):,} transitions, {buffer.num_trajectories:,} trajectories, "
-          f"data = {info['source']}")
-    return SequenceData(buffer, obs_norm, obs.shape[1], actions.shape[1], 2 if task.goal_conditioned else 0,
+          f"data = {info['source']}; inputs: {algo_inputs(config.task, 'dt', config.goal_input)}")
+    return SequenceData(buffer, obs_norm, obs.shape[1], actions.shape[1], 2 if with_goal else 0,
                         max_timestep, info)
 
 
@@ -310,6 +315,7 @@ class DTPolicy:
 def main(config: TrainConfig) -> dict:
     task = get_task(config.task)  # unknown task: one clear line
     require_evaluation(task.name)  # a D4RL task without gym/d4rl fails now, not after training
+    config.goal_input = goal_input(task.name, "dt", config.goal_input)  # resolved: the results say what DT was given
     device = resolve_device(config.device)
     set_seed(config.seed)
     run_dir = prepare_run_dir(config, "dt")

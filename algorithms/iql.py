@@ -2,16 +2,19 @@
 
 V is fit by expectile regression to min(Q1, Q2) of the target critics (never querying unseen actions), the twin Q
 by TD to r + discount * V(s'), and the actor by advantage-weighted regression, weight exp(beta * (Q - V)) <= 100.
-Goal tasks (maze2d-*, multi2d-*) train goal-conditioned with hindsight goals: each sampled transition gets the
-trajectory's collection goal (infos/goal) or, with p_future_goal / p_random_goal, a later state of the same
+Who gets the goal is the task's protocol (shared.tasks.goal_input). On maze2d-* IQL sees (observation, reward)
+only, as D4RL's and CORL's IQL: the dataset's sparse reward, 1 within 0.45 of the fixed evaluation goal after the
+step (the evaluation env's reward), no terminals. On multi2d-*, and on maze2d-* with ``goal_input: true`` (the
+``iql-goal`` variant of benchmarks/run.py), it trains goal-conditioned with hindsight goals: each sampled transition
+gets the trajectory's collection goal (infos/goal) or, with p_future_goal / p_random_goal, a later state of the same
 trajectory (geometric offset) or a random dataset state; the episode ends when s' lies within goal_radius of the
 goal, and the reward is 0 there and -1 elsewhere (the paper's antmaze convention r - 1: advantages of order 1, which
 beta is tuned for; a 0/1 reward gives advantages of order 1 - discount and makes the actor plain BC).
 (choice) Future-state goals are off by default: the evaluation rewards every step spent at the goal, the collection
 goals show the controller stopping there while future states are passed through, and on the 50k umaze slice
 (CPU, 10k steps) p_future_goal 0.3 scored 55.5 against 91.9 without.
-Reward tasks (D4RL) use the dataset rewards, scaled as in the paper (locomotion: 1000 / (max - min return);
-antmaze: r - 1).
+Without the goal (maze2d, D4RL tasks) IQL uses the dataset rewards, scaled as in the paper (locomotion:
+1000 / (max - min return); antmaze: r - 1; maze2d: as stored, as CORL).
 Run:  python algorithms/iql.py --config configs/iql/maze2d-umaze.yaml [--field value ...]
 """
 
@@ -32,7 +35,7 @@ from shared.buffer import Normalizer, TransitionBuffer, returns_to_go, split_tra
 from shared.datasets import load_dataset  # noqa: E402
 from shared.evaluation import evaluate, require_evaluation  # noqa: E402
 from shared.logger import Logger, finish_run, prepare_run_dir  # noqa: E402
-from shared.tasks import get_task  # noqa: E402
+from shared.tasks import algo_inputs, get_task, goal_input  # noqa: E402
 from shared.training import (  # noqa: E402
     Stage, captured, load_optimizer, make_optimizer, make_step, resume_point, train_loop, use_graphs,
 )
@@ -58,12 +61,13 @@ class TrainConfig:
     dataset_path: Optional[str] = None  # a D4RL-format HDF5 file to train on instead of the task's default data
     dataset_size: Optional[int] = None  # transitions of embedded data to generate/use (None: the task's full size)
     dataset_seed: int = 0  # seed of the embedded dataset generator
-    normalize_reward: bool = False  # reward tasks: scale rewards by 1000 / (max - min trajectory return) (locomotion)
-    reward_bias: float = 0.0  # reward tasks: added to every reward after scaling (antmaze: -1)
-    goal_radius: float = 0.45  # goal tasks: relabelled reward is 1 within this distance of the goal
-    p_data_goal: float = 1.0  # goal tasks: share of samples whose goal is the trajectory's collection goal
-    p_future_goal: float = 0.0  # goal tasks: share whose goal is a later state of the same trajectory
-    p_random_goal: float = 0.0  # goal tasks: share whose goal is a random dataset state
+    goal_input: Optional[bool] = None  # give the networks the goal; None: the task's protocol (maze2d no, multi2d yes)
+    normalize_reward: bool = False  # without the goal: rewards times 1000 / (max - min trajectory return) (locomotion)
+    reward_bias: float = 0.0  # without the goal: added to every reward after scaling (antmaze: -1)
+    goal_radius: float = 0.45  # with the goal: relabelled reward is 1 within this distance of the goal
+    p_data_goal: float = 1.0  # with the goal: share of samples whose goal is the trajectory's collection goal
+    p_future_goal: float = 0.0  # with the goal: share whose goal is a later state of the same trajectory
+    p_random_goal: float = 0.0  # with the goal: share whose goal is a random dataset state
     # --- model
     hidden_dim: int = 256  # width of the hidden layers of actor, critics and value
     n_layers: int = 2  # hidden layers of every MLP
@@ -94,11 +98,11 @@ class TrainConfig:
 # ============================================================================ data
 @dataclass
 class IQLData:
-    buffer: TransitionBuffer  # fields observations (normalised), actions, index; goal tasks: pos, goal, traj_last
+    buffer: TransitionBuffer  # fields observations (normalised), actions, index; with the goal: pos, goal, traj_last
     obs_norm: Normalizer  # state normalisation (saved in checkpoints)
     obs_dim: int
     act_dim: int
-    goal_conditioned: bool
+    goal_conditioned: bool  # whether the networks are given the goal (shared.tasks.goal_input)
     info: dict  # dataset source and recipe, for the results file
     # obs_norm's (x, y) statistics as device tensors, made once: relabelling then copies nothing host -> device
     pos_mean: torch.Tensor = field(init=False)
@@ -108,9 +112,14 @@ class IQLData:
         self.pos_mean = torch.as_tensor(self.obs_norm.mean[:2], device=self.buffer.device)
         self.pos_std = torch.as_tensor(self.obs_norm.std[:2], device=self.buffer.device)
 
+    @property
+    def in_dim(self) -> int:
+        """Input width of V, Q (before the action) and the actor: obs_dim, + 2 goal coordinates with the goal."""
+        return self.obs_dim + (2 if self.goal_conditioned else 0)
+
 
 def load_data(config: TrainConfig, device: torch.device, obs_norm: Optional[Normalizer] = None) -> IQLData:
-    task = get_task(config.task)
+    with_goal = goal_input(config.task, "iql", config.goal_input)
     data, info = load_dataset(config.task, dataset_path=config.dataset_path, size=config.dataset_size,
                               seed=config.dataset_seed)
     obs, actions = data["observations"].astype(np.float32), data["actions"].astype(np.float32)
@@ -119,7 +128,7 @@ def load_data(config: TrainConfig, device: torch.device, obs_norm: Optional[Norm
     n = len(obs)
     fields = {"observations": obs_norm.normalize(obs).astype(np.float32), "actions": actions,
               "index": np.arange(n, dtype=np.int64)}
-    if task.goal_conditioned:
+    if with_goal:
         traj_last = np.zeros(n, np.int64)
         for start, end in bounds:
             traj_last[start:end] = end - 1
@@ -134,12 +143,13 @@ def load_data(config: TrainConfig, device: torch.device, obs_norm: Optional[Norm
             rewards = rewards * (1000.0 / max(float(rets.max() - rets.min()), 1e-6))
         fields.update(rewards=rewards + config.reward_bias, terminals=data["terminals"].astype(np.float32))
     buffer = TransitionBuffer(fields, bounds, device)
-    print(f"[iql] {config.task}: {n:,} transitions, {len(bounds):,} trajectories, data = {info['source']}")
-    return IQLData(buffer, obs_norm, obs.shape[1], actions.shape[1], task.goal_conditioned, info)
+    print(f"[iql] {config.task}: {n:,} transitions, {len(bounds):,} trajectories, data = {info['source']}; "
+          f"inputs: {algo_inputs(config.task, 'iql', config.goal_input)}")
+    return IQLData(buffer, obs_norm, obs.shape[1], actions.shape[1], with_goal, info)
 
 
 def sample_batch(data: IQLData, config: TrainConfig) -> dict:
-    """(x, a, r, x', done, valid) with x = normalised state [+ normalised goal]; goal tasks relabel here.
+    """(x, a, r, x', done, valid) with x = normalised state [+ normalised goal]; with the goal, relabelled here.
 
     ``valid`` is 0 on the last step of a trajectory that ended without a terminal / goal: its s' is not stored
     (TransitionBuffer points it at itself), so it gets no TD target.
@@ -331,14 +341,14 @@ class IQLPolicy:
 def main(config: TrainConfig) -> dict:
     task = get_task(config.task)  # unknown task: one clear line
     require_evaluation(task.name)  # a D4RL task without gym/d4rl fails now, not after training
+    config.goal_input = goal_input(task.name, "iql", config.goal_input)  # resolved: the results say what IQL was given
     device = resolve_device(config.device)
     set_seed(config.seed)
     run_dir = prepare_run_dir(config, "iql")
     state = load_latest_checkpoint(run_dir, map_location=device) if config.resume else None
     obs_norm = Normalizer.from_state_dict(state["obs_norm"]) if state else None
     data = load_data(config, device, obs_norm)
-    in_dim = data.obs_dim + (2 if data.goal_conditioned else 0)
-    model = IQL(config, in_dim, data.act_dim).to(device)
+    model = IQL(config, data.in_dim, data.act_dim).to(device)
     if state is not None:
         model.load_state_dict(state["model"])
     step, elapsed = resume_point(state, "iql", run_dir)

@@ -5,8 +5,8 @@
 One process per run (CUDA_VISIBLE_DEVICES picks its GPU, ``--per-gpu`` runs share a GPU). A run whose results
 file exists is skipped; a run with checkpoints but no results is resumed (``--resume true``). Each run writes
 ``benchmarks/results/<algo>/<task>/seed<k>.json`` (the suite's schema) and logs to ``<out_dir>/logs/``.
-Variants (ablations) are algorithms with config overrides, listed in VARIANTS; their results go to
-``benchmarks/results/<variant>/...``.
+Variants (ablations, and the goal-conditioned baselines bc-goal / iql-goal / dt-goal on maze2d) are algorithms with
+config overrides, listed in VARIANTS; their results go to ``benchmarks/results/<variant>/...``.
 """
 
 from __future__ import annotations
@@ -27,7 +27,15 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "mage-nodeccond": ("mage", ["--decoder_condition", "false"]),  # decoder without the condition, no L_cond
     # stage 3 teacher-forced (every scale's tokens drawn given the true coarser scales) instead of free-running
     "mage-teacherforced": ("mage", ["--e2e_free_running", "false"]),
+    # goal-conditioned baselines on maze2d (the protocol before issue 13; on multi2d they equal bc / iql / dt):
+    # the goal (hindsight collection goal in training) instead of the paper's (observation, reward) only
+    "bc-goal": ("bc", ["--goal_input", "true"]),
+    "iql-goal": ("iql", ["--goal_input", "true"]),
+    "dt-goal": ("dt", ["--goal_input", "true", "--target_return", "1.0"]),  # R in [0, 1] with the goal: 1 = at it
 }
+# variants that change what the algorithm is given (shared.tasks.goal_input), not an ablation of the algorithm:
+# benchmarks/tables.py shows them in their own columns, apart from the published numbers
+PROTOCOL_VARIANTS = ("bc-goal", "iql-goal", "dt-goal")
 
 
 @dataclass

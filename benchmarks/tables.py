@@ -35,6 +35,9 @@ from pathlib import Path
 from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: shared/ is importable
+from shared.tasks import algo_inputs, goal_input  # noqa: E402
+
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 SPEED_START, SPEED_END = "<!-- speed:start -->", "<!-- speed:end -->"
 SPEED_NAMES = {"mage": "MAGE", "dt": "DT", "diffuser": "Diffuser", "iql": "IQL", "bc": "BC"}
@@ -47,11 +50,21 @@ GROUPS = (
     ("multi2d", "Multi2D (random goals)", ("multi2d-umaze", "multi2d-medium", "multi2d-large")),
     ("antmaze", "AntMaze", ()),
     ("locomotion", "MuJoCo locomotion", ()),
+    ("minari", "Minari datasets (Minari's regenerations, not D4RL's data)", ()),  # never mixed with D4RL/embedded
     ("other", "Other tasks", ()),
 )
 
 # Published numbers (D4RL normalised scores on the ORIGINAL D4RL data and reference scores; see
 # ../shared/paper/MAGE.md). Keys: size (umaze/medium/large) or "average". Never mixed with our columns.
+# Each was measured under one protocol: (algorithm, given the goal) as shared.tasks.goal_input defines it. A published
+# column sits only in a table whose column of that algorithm follows the same protocol (never beside the -goal
+# variants).
+PAPER_PROTOCOL = {
+    "paper: MAGE (D4RL original data)": ("mage", True),
+    "paper: Diffuser": ("diffuser", True),
+    "paper: HD": ("diffuser", True),  # Hierarchical Diffuser: a goal-conditioned planner, as Diffuser
+    "reported: DT (single-file DT)": ("dt", False),  # CORL's DT: observation and return-to-go only
+}
 PAPER_SOURCES = {
     "paper: MAGE (D4RL original data)": "MAGE paper (Lin, Gao et al., ICLR 2026): only the averages are known to us",
     "paper: Diffuser": "Diffuser paper (Janner et al., ICML 2022)",
@@ -134,6 +147,8 @@ def load_results(results_dir: Path) -> tuple[dict[tuple[str, str], Cell], list[s
 
 
 def group_of(task: str) -> str:
+    if task.startswith(("minari-", "minari:")):
+        return "minari"
     for prefix in ("maze2d", "multi2d", "antmaze"):
         if task.startswith(prefix + "-"):
             return prefix
@@ -192,18 +207,38 @@ def md_table(header: list[str], rows: list[list[str]], align: Optional[list[str]
     return lines
 
 
-def score_table(group: str, tasks: list[str], names: list[str], cells: dict) -> list[str]:
-    """Task x algorithm table of one group (ours), then the papers' columns."""
+def published_columns(group: str, tasks: list[str]) -> list[str]:
+    """The group's published columns measured under the protocol our columns follow on its tasks."""
+    if not tasks:
+        return []
+    return [c for c in PAPER.get(group, {}) if c not in PAPER_PROTOCOL
+            or goal_input(tasks[0], PAPER_PROTOCOL[c][0]) == PAPER_PROTOCOL[c][1]]
+
+
+def task_label(task: str, names: list[str], cells: dict) -> str:
+    """The task's name, and the Minari dataset(s) its result files name (the source reaches the table)."""
+    sources = {(r.get("dataset") or {}).get("source") or "" for n in names if (n, task) in cells
+               for r in cells[(n, task)].runs}
+    minari = sorted(s.split(" ")[0] for s in sources if s.startswith("minari:"))
+    return f"`{task}`" + (f" ({', '.join(minari)})" if minari else "")
+
+
+def score_table(group: str, tasks: list[str], names: list[str], cells: dict, published: bool = True) -> list[str]:
+    """Task x algorithm table of one group (ours), then the papers' columns of the same protocol (``published``)."""
     canonical = dict((g, list(t)) for g, _, t in GROUPS)[group]
-    paper_cols = list(PAPER.get(group, {}))
+    paper_cols = published_columns(group, [t for t in canonical if t in tasks]) if published else []
     header = ["task"] + names + paper_cols
     rows = []
     row_means: dict[str, dict[str, float]] = defaultdict(dict)
+    # a column with no result in the whole group says so (e.g. a protocol whose runs are still to be made)
+    not_run = {n for n in names if not any((n, t) in cells and cells[(n, t)].scores for t in tasks)}
     for task in tasks:
         means = {n: round(mean_std(cells[(n, task)].scores)[0], 1) for n in names
                  if (n, task) in cells and cells[(n, task)].scores}
         best = max(means.values()) if means else None
-        row = [f"`{task}`"] + [score_cell(cells.get((n, task)), means.get(n) == best) for n in names]
+        row = [task_label(task, names, cells)]
+        row += ["not run" if n in not_run else score_cell(cells.get((n, task)), means.get(n) == best)
+                for n in names]
         size = size_of(task)
         row += [fmt(PAPER[group][c].get(size)) if size else "—" for c in paper_cols]
         rows.append(row)
@@ -230,12 +265,47 @@ def score_table(group: str, tasks: list[str], names: list[str], cells: dict) -> 
     return md_table(header, rows)
 
 
+def goal_override(name: str, variants: dict) -> tuple[str, Optional[bool]]:
+    """(algorithm, goal_input override) of a column: a variant's algorithm and its ``--goal_input``, if any."""
+    algo, overrides = variants.get(name, (name, []))
+    if "--goal_input" in overrides[:-1]:
+        return algo, overrides[overrides.index("--goal_input") + 1].lower() == "true"
+    return algo, None
+
+
+def order_variants(names: list[str], variants: dict) -> list[str]:
+    """Variants in the column order of their algorithms."""
+    rank = {a: i for i, a in enumerate(ALGO_ORDER)}
+    return sorted(names, key=lambda n: (rank.get(variants[n][0], len(rank)), variants[n][0], n))
+
+
+def inputs_lines(tasks: list[str], names: list[str], variants: dict) -> list[str]:
+    """What each column is given on these tasks (shared.tasks.algo_inputs); nothing for tasks outside the registry."""
+    parts = []
+    for n in names:
+        algo, override = goal_override(n, variants)
+        try:
+            parts.append(f"`{n}`: {algo_inputs(tasks[0], algo, override)}")
+        except (KeyError, ValueError, IndexError):
+            return []
+    return ["Given to each column (`shared/tasks.py`): " + "; ".join(parts) + "."] if parts else []
+
+
 def note_lines() -> list[str]:
     return [
         "Cells: mean ± sample standard deviation of the normalised score over seeds, the seed count in "
         "parentheses; the best of our means in each row is in **bold**; the average row averages the per-task "
         "means over the group's tasks (only for algorithms with all of them); in the published columns it is the "
         "paper's stated average where we have only that, else the mean of the three tasks.",
+        "",
+        "**Protocol** (`shared/tasks.py`, `goal_input`): on `maze2d-*` (one fixed goal, D4RL's protocol) BC, IQL "
+        "and DT are not given the goal, as D4RL and CORL run them (BC imitates from observations, IQL and DT learn "
+        "from observations and the sparse reward of the fixed goal), while Diffuser and MAGE are given the goal, as "
+        "in their papers; on `multi2d-*` (a new goal every episode) every algorithm is given the goal. "
+        "The `-goal` columns are BC, IQL and DT given the goal on maze2d too (the protocol of this suite before "
+        "issue 13), in a table of their own. A published column appears only in a table whose column of the same "
+        "algorithm follows the protocol it was measured under. `not run`: no result file for that column in the "
+        "group yet.",
         "",
         "**Not directly comparable:** the `paper:` / `reported:` columns are published numbers on the original "
         "D4RL datasets with D4RL's reference scores. Our columns use datasets regenerated with the D4RL recipe "
@@ -615,6 +685,7 @@ def build(results_dir: Path, out: Path, readme: Optional[Path], plots_dir: Path)
     results_dir = Path(results_dir).resolve()
     cells, files, skipped = load_results(results_dir)
     variants = load_variants()
+    protocol = set(getattr(load_run_module(), "PROTOCOL_VARIANTS", ()))  # e.g. bc-goal: own columns, no ablation
     present = {n for n, _ in cells}
     is_variant = {n for n in present if n in variants or ("-" in n and n.split("-")[0] in ALGO_ORDER)}
     base_names = order_names(present - is_variant)
@@ -650,13 +721,23 @@ def build(results_dir: Path, out: Path, readme: Optional[Path], plots_dir: Path)
         tasks = sorted(set(canonical) | {t for t in all_tasks if group_of(t) == group}, key=task_sort_key)
         if not tasks:
             continue
-        names = [n for n in base_names if any((n, t) in cells for t in tasks)]
-        table = score_table(group, tasks, names, cells)
-        group_tables[group] = table
+        goal_names = order_variants([n for n in present & protocol if any((n, t) in cells for t in tasks)], variants)
+        # a base algorithm whose -goal variant has results here gets its column too ("not run" until it has some)
+        names = order_names({n for n in base_names if any((n, t) in cells for t in tasks)}
+                            | {variants[n][0] for n in goal_names})
+        table = score_table(group, tasks, names, cells) + [""] + inputs_lines(tasks, names, variants)
         md += [f"## {title}", ""]
         if not names:
             md += ["No result files for this group yet; the published numbers for reference:", ""]
         md += table + [""]
+        if goal_names:
+            extra = [f"*{title}, goal-conditioned baselines* (benchmarks/run.py's `-goal` variants: the goal given, "
+                     "not the protocol of the table above, so no published numbers beside them):", ""]
+            extra += score_table(group, tasks, goal_names, cells, published=False) + [""]
+            extra += inputs_lines(tasks, goal_names, variants)
+            md += extra + [""]
+            table = table + [""] + extra
+        group_tables[group] = table
         if group in plot_links:
             md += [f"![{title} scores]({rel(plot_links[group], out)})", ""]
         curves = [t for t in tasks if plots_dir / f"curves_{t}.png" in outputs]
@@ -674,7 +755,8 @@ def build(results_dir: Path, out: Path, readme: Optional[Path], plots_dir: Path)
            "and then follows the plan, so its median `act` is a tracking step; its planning cost per call is in "
            "`benchmarks/results/speed.json` (one GPU, one process).", ""]
     md += timing_table(cells, order_names(present), all_tasks) + [""]
-    md += ["## Ablations", ""] + ablation_table(cells, variants, present) + [""]
+    ablations = {k: v for k, v in variants.items() if k not in protocol}
+    md += ["## Ablations", ""] + ablation_table(cells, ablations, present - protocol) + [""]
     md += ["## Provenance", ""] + provenance(files, cells, skipped, results_label)
     outputs[out] = ("\n".join(md).rstrip() + "\n").encode()
 
@@ -682,7 +764,9 @@ def build(results_dir: Path, out: Path, readme: Optional[Path], plots_dir: Path)
     if readme is not None:
         block = ["", "Normalised scores on our regenerated datasets, mean ± std over seeds (seed count); full tables "
                  f"in [{rel(out, readme)}]({rel(out, readme)}). The `paper:` columns are published numbers on the "
-                 "original D4RL data and are not directly comparable.", ""]
+                 "original D4RL data and are not directly comparable. On maze2d, BC, IQL and DT are not given the "
+                 "goal (D4RL's and CORL's protocol) and Diffuser and MAGE are; the `-goal` variants give BC, IQL and "
+                 "DT the goal too. `not run`: no result file yet.", ""]
         for group in ("maze2d", "multi2d"):
             title = dict((g, t) for g, t, _ in GROUPS)[group]
             block += [f"**{title}**", ""] + group_tables[group] + [""]

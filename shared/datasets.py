@@ -4,7 +4,8 @@ Embedded maze tasks train on data this module generates, deterministically from 
 scripts/generation/generate_maze2d_datasets.py: a waypoint controller with N(0, 0.5) action noise runs one long
 continuing episode; each time it reaches its goal (or after max_episode_steps) a new random goal cell is drawn.
 These are NOT the original D4RL files (different simulator stack and coordinates); everything that reports
-a number on them says so via the `source` field of `load_dataset`'s info.
+a number on them says so via the `source` field of `load_dataset`'s info. The embedded AntMaze datasets follow
+D4RL's antmaze recipe in shared/data/antmaze.py (a ``Recipe``), through the same cache, writer and checks.
 
 Layout (D4RL's HDF5): observations [N, 4] = [x, y, vx, vy], actions [N, 2], rewards [N], terminals [N] (all
 False), timeouts [N] (True on the last step before each goal switch and on the last step of each chunk),
@@ -29,6 +30,7 @@ import os
 import socket
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
@@ -48,7 +50,8 @@ REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals", "timeouts")
 GENERATED_SOURCE = "generated: D4RL maze2d recipe on gymnasium-robotics (not the original D4RL files)"
 
 # Observation sizes of the original D4RL tasks, by name prefix (checked when loading the user's files).
-D4RL_OBS_DIMS = {"maze2d": 4, "antmaze": 29, "hopper": 11, "halfcheetah": 17, "walker2d": 17}
+D4RL_OBS_DIMS = {"maze2d": 4, "antmaze": 29, "hopper": 11, "halfcheetah": 17, "walker2d": 17, "kitchen": 60,
+                 "pen": 45, "door": 39, "hammer": 46, "relocate": 39}
 
 
 class DatasetError(ValueError):
@@ -152,7 +155,8 @@ def _count(n: int) -> None:
 
 
 def _chunk_job(args: Tuple[Any, ...]) -> Dict[str, np.ndarray]:
-    return _generate_chunk(*args, progress=_count)
+    chunk_fn, chunk_args = args  # a module-level function: pickled by reference
+    return chunk_fn(*chunk_args, progress=_count)
 
 
 def _chunks(size: int, chunk_size: int) -> List[Tuple[int, int]]:
@@ -171,16 +175,24 @@ def generate_arrays(
         (task.maze, tuple(task.eval_goal_cell), task.max_episode_steps, seed, index, length)
         for index, length in _chunks(size, CHUNK_SIZE)
     ]
-    bar = tqdm(total=size, unit="transition", desc=f"generating {task.name}", disable=not progress, smoothing=0.1)
+    return run_chunks(_generate_chunk, jobs, size, f"generating {task.name}", workers, progress)
+
+
+def run_chunks(chunk_fn: Callable[..., Dict[str, np.ndarray]], jobs: List[Tuple[Any, ...]], total: int, desc: str,
+               workers: int = 1, progress: bool = True) -> Dict[str, np.ndarray]:
+    """``chunk_fn(*job, progress=callback)`` for every job, in a pool of ``workers`` processes, with one progress bar
+    over ``total`` transitions; the parts are concatenated in job order, so the content never depends on ``workers``.
+    Any recipe's generator (maze2d here, shared/data/antmaze.py) runs through this."""
+    bar = tqdm(total=total, unit="transition", desc=desc, disable=not progress, smoothing=0.1)
     if workers <= 1 or len(jobs) == 1:
-        parts = [_generate_chunk(*job, progress=bar.update) for job in jobs]
+        parts = [chunk_fn(*job, progress=bar.update) for job in jobs]
     else:
         # spawn: children start clean (no inherited threads or MuJoCo state); imap keeps the chunk order.
         ctx = multiprocessing.get_context("spawn")
         counter = ctx.Value("q", 0)
         with ctx.Pool(min(workers, len(jobs)), initializer=_init_worker, initargs=(counter,)) as pool:
             parts = []
-            results = pool.imap(_chunk_job, jobs)
+            results = pool.imap(_chunk_job, [(chunk_fn, job) for job in jobs])
             while len(parts) < len(jobs):
                 try:
                     parts.append(results.next(timeout=0.5))
@@ -262,6 +274,35 @@ def _write_atomic(path: Path, arrays: Mapping[str, np.ndarray], attrs: Mapping[s
         os.close(dir_fd)
 
 
+@dataclass(frozen=True)
+class Recipe:
+    """How one family of embedded datasets is generated and checked (maze2d: this module; antmaze:
+    shared/data/antmaze.py). ``expected`` attributes must match for a cached file to be reused; ``attrs`` are
+    recorded only; ``check`` (optional) is the family's deep verification (re-simulation), run after generating and
+    by ``verify``."""
+
+    name: str
+    version: int
+    source: str
+    obs_dim: int
+    generate_arrays: Callable[..., Dict[str, np.ndarray]]  # (task_name, size, seed, workers, progress) -> arrays
+    default_workers: int = 1  # worker processes when the caller does not say (load_dataset)
+    expected: Mapping[str, Any] = field(default_factory=dict)
+    attrs: Mapping[str, Any] = field(default_factory=dict)
+    check: Optional[Callable[[Mapping[str, np.ndarray], str, Any], Dict[str, Any]]] = None  # (arrays, task, path)
+
+
+def recipe_of(task_name: str) -> Recipe:
+    """The generation recipe of an embedded task's dataset."""
+    task = _data_task(task_name)
+    if task.name.startswith("antmaze"):
+        from shared.data.antmaze import recipe  # lazy: imports torch and the ant controller
+
+        return recipe()
+    return Recipe(RECIPE, RECIPE_VERSION, GENERATED_SOURCE, 4, generate_arrays,
+                  attrs={"chunk_size": CHUNK_SIZE, "action_noise": ACTION_NOISE})
+
+
 def cache_dir() -> Path:
     return Path(os.environ.get("MAGE_DATA_DIR", "~/.cache/mage-suite/datasets")).expanduser()
 
@@ -269,7 +310,7 @@ def cache_dir() -> Path:
 def cache_path(task_name: str, size: Optional[int] = None, seed: int = 0) -> Path:
     task = _data_task(task_name)
     size = int(size or task.dataset_size)
-    return cache_dir() / f"{task.name}_n{size}_seed{seed}_recipe{RECIPE_VERSION}.hdf5"
+    return cache_dir() / f"{task.name}_n{size}_seed{seed}_recipe{recipe_of(task.name).version}.hdf5"
 
 
 def _data_task(task_name: str) -> Task:
@@ -282,8 +323,9 @@ def _data_task(task_name: str) -> Task:
 
 def _expected_attrs(task_name: str, size: Optional[int], seed: int) -> Dict[str, Any]:
     task = _data_task(task_name)
-    return {"recipe": RECIPE, "recipe_version": RECIPE_VERSION, "task": task.name,
-            "size": int(size or task.dataset_size), "seed": int(seed)}
+    recipe = recipe_of(task.name)
+    return {"recipe": recipe.name, "recipe_version": recipe.version, "task": task.name,
+            "size": int(size or task.dataset_size), "seed": int(seed), **recipe.expected}
 
 
 def _check_generated(path: Path, expected: Mapping[str, Any]) -> Tuple[Optional[str], Optional[Dict[str, np.ndarray]]]:
@@ -298,7 +340,7 @@ def _check_generated(path: Path, expected: Mapping[str, Any]) -> Tuple[Optional[
             if attrs.get(key) != value:
                 return f"attribute {key}={attrs.get(key)!r}, expected {value!r}", None
         arrays = read_arrays(path)
-        validate(arrays, path, obs_dim=4)
+        validate(arrays, path, obs_dim=recipe_of(expected["task"]).obs_dim)
     except DatasetError as e:
         return str(e), None
     if content_hash(arrays) != attrs.get("content_sha256"):
@@ -311,14 +353,15 @@ def generate(
     size: Optional[int] = None,
     seed: int = 0,
     out: Optional[os.PathLike] = None,
-    workers: int = 1,
+    workers: Optional[int] = 1,
     progress: bool = True,
 ) -> Path:
     """Generate (or reuse) the dataset of an embedded maze task and return its path.
 
     Without `out` it goes to the cache (see cache_path). An existing file is reused only if it is complete, has
     the same recipe version / task / size / seed and passes validation and its content hash. An existing `out` that
-    is not such a file is never overwritten; a bad file in the cache is replaced.
+    is not such a file is never overwritten; a bad file in the cache is replaced. ``workers=None``: the recipe's
+    default (antmaze: every core).
     """
     task = _data_task(task_name)
     expected = _expected_attrs(task_name, size, seed)
@@ -331,9 +374,13 @@ def generate(
             raise FileExistsError(f"{path} exists and is not a matching generated dataset ({reason}); "
                                   "remove it or choose another --out")
         print(f"regenerating cached dataset {path}: {reason}", file=sys.stderr)
-    arrays = generate_arrays(task.name, expected["size"], seed, workers, progress)
-    attrs = dict(expected, chunk_size=CHUNK_SIZE, action_noise=ACTION_NOISE, source=GENERATED_SOURCE,
-                 content_sha256=content_hash(arrays), **library_versions())
+    recipe = recipe_of(task.name)
+    arrays = recipe.generate_arrays(task.name, expected["size"], seed, recipe.default_workers if workers is None
+                                    else workers, progress)
+    if recipe.check is not None:  # a generator that drifted from the simulator fails here, before it is cached
+        recipe.check(arrays, task.name, path)
+    attrs = dict(expected, **recipe.attrs, source=recipe.source, content_sha256=content_hash(arrays),
+                 **library_versions())
     _write_atomic(path, arrays, attrs)
     return path
 
@@ -405,7 +452,7 @@ def validate(data: Mapping[str, np.ndarray], path: Any = "<memory>", obs_dim: Op
 
 def task_obs_dim(task: Task) -> Optional[int]:
     if task.source == "embedded":
-        return 4
+        return recipe_of(task.name).obs_dim
     return next((dim for prefix, dim in D4RL_OBS_DIMS.items() if task.name.startswith(prefix)), None)
 
 
@@ -435,12 +482,13 @@ def load_dataset(
     dataset_path: Optional[os.PathLike] = None,
     size: Optional[int] = None,
     seed: int = 0,
-    workers: int = 1,
+    workers: Optional[int] = None,
 ) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
     """Arrays (D4RL keys + infos/*) and an info dict (source, path, recipe, recipe_version, seed, size).
 
-    Order: explicit `dataset_path`; the d4rl package's local file (original D4RL tasks); the project cache;
-    generation into the cache (embedded tasks only).
+    Order: explicit `dataset_path`; the d4rl package's local file (original D4RL tasks) or the local Minari
+    dataset (Minari tasks, shared/data/minari.py); the project cache; generation into the cache (embedded tasks only;
+    ``workers`` None: the recipe's default, 1 for maze2d, every core for antmaze).
     """
     task = get_task(task_name)
     obs_dim = task_obs_dim(task)
@@ -458,6 +506,12 @@ def load_dataset(
         source = attrs.get("source", GENERATED_SOURCE) if "recipe" in attrs else f"user file {path}"
         return _finish(arrays), _info(source, path, attrs, len(arrays["rewards"]))
 
+    if task.source == "minari":
+        from shared.data.minari import load as load_minari  # lazy: minari is an optional dependency
+
+        arrays, info = load_minari(task.env_id)
+        return _finish(arrays), info
+
     if task.source == "d4rl":
         path = _d4rl_local_file(task)
         if path is None:
@@ -469,12 +523,13 @@ def load_dataset(
         return _finish(arrays), _info("original D4RL file", path, {}, len(arrays["rewards"]))
 
     path = cache_path(task.data_name, size, seed)
+    source = recipe_of(task.data_name).source
     reason, arrays = _check_generated(path, _expected_attrs(task.data_name, size, seed))
     if reason is not None:  # missing or unusable: (re)generate it
         path = generate(task.data_name, size=size, seed=seed, workers=workers)
         arrays = read_arrays(path)
         validate(arrays, path, obs_dim)
-    return _finish(arrays), _info(GENERATED_SOURCE, path, read_attrs(path), len(arrays["rewards"]))
+    return _finish(arrays), _info(source, path, read_attrs(path), len(arrays["rewards"]))
 
 
 def _info(source: str, path: Path, attrs: Mapping[str, Any], size: int) -> Dict[str, Any]:
@@ -493,18 +548,22 @@ def verify(path: os.PathLike, task_name: Optional[str] = None) -> Dict[str, Any]
     validate(arrays, path, task_obs_dim(task) if task else None)
     if "content_sha256" in attrs and content_hash(arrays) != attrs["content_sha256"]:
         raise DatasetError(f"dataset {path}: content hash does not match the 'content_sha256' attribute")
+    if task is not None and task.source == "embedded":
+        recipe = recipe_of(task.name)
+        if recipe.check is not None:  # antmaze: re-simulate sampled transitions, reward labels, maze coverage
+            attrs = dict(attrs, **{f"check/{k}": v for k, v in recipe.check(arrays, task.data_name, path).items()})
     return attrs
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m shared.datasets", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    gen = sub.add_parser("generate", help="generate an embedded maze dataset")
+    gen = sub.add_parser("generate", help="generate an embedded maze2d or antmaze dataset")
     gen.add_argument("task")
     gen.add_argument("--size", type=int, default=None)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--out", type=Path, default=None)
-    gen.add_argument("--workers", type=int, default=1)
+    gen.add_argument("--workers", type=int, default=None, help="processes (default: maze2d 1, antmaze every core)")
     info = sub.add_parser("info", help="print a dataset's attributes and array shapes")
     info.add_argument("path", type=Path)
     ver = sub.add_parser("verify", help="validate a dataset file (and its content hash)")
@@ -522,8 +581,9 @@ def main(argv: Optional[List[str]] = None) -> None:
             for key, array in read_arrays(args.path).items():
                 print(f"{key}: {array.dtype} {array.shape}")
         else:
-            verify(args.path, args.task)
-            print(f"OK {args.path}")
+            attrs = verify(args.path, args.task)
+            checks = ", ".join(f"{k[6:]}={v}" for k, v in attrs.items() if k.startswith("check/"))
+            print(f"OK {args.path}" + (f" ({checks})" if checks else ""))
     except (DatasetError, FileExistsError, KeyError, ValueError) as e:
         sys.exit(f"error: {_one_line(e)}")
 

@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Protocol, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from shared.tasks import Task, get_task, normalized_score
+from shared.tasks import Task, get_task, is_antmaze, normalized_score
 
 
 class Policy(Protocol):
@@ -121,10 +121,20 @@ _ENV_CACHE: dict = {}  # task name -> evaluation envs, reused across calls (ever
 
 
 def make_eval_env(task_name: str):
-    """MazeEnv for embedded tasks, D4RLEnv (needs gym + d4rl) for original D4RL tasks."""
+    """MazeEnv for embedded maze2d tasks, shared.data.ant's AntMazeD4RL for embedded antmaze tasks, D4RLEnv (needs
+    gym + d4rl) for original D4RL tasks, MinariEnv (the env a Minari dataset recorded for evaluation) for Minari
+    tasks."""
     task = get_task(task_name)
     if task.source == "d4rl":
         return D4RLEnv(task)
+    if task.source == "minari":
+        from shared.data.minari import MinariEnv  # lazy: minari is an optional dependency
+
+        return MinariEnv(task.env_id, task.max_episode_steps)
+    if is_antmaze(task):  # D4RL's antmaze evaluation: start (1, 1), the fixed goal cell with D4RL's goal noise
+        from shared.data.ant import make_maze_env  # lazy: the ant model (gymnasium-robotics' AntMaze-v5)
+
+        return make_maze_env(task.maze, goal_cell=task.eval_goal_cell, max_episode_steps=task.max_episode_steps)
     from shared.mazes import MazeEnv
 
     return MazeEnv(task)
@@ -132,8 +142,9 @@ def make_eval_env(task_name: str):
 
 def require_evaluation(task_name: str) -> None:
     """Fail at the start of a run, not after hours of training, when the task cannot be evaluated here: the original
-    D4RL tasks need the `gym` and `d4rl` packages even when the dataset comes from a file (RunError, one line)."""
-    if get_task(task_name).source == "d4rl":
+    D4RL tasks need the `gym` and `d4rl` packages even when the dataset comes from a file (RunError, one line); Minari
+    tasks need minari, the downloaded dataset and its env's packages (DatasetError, one line)."""
+    if get_task(task_name).source in ("d4rl", "minari"):
         make_eval_env(task_name).close()
 
 

@@ -25,9 +25,10 @@ import numpy as np
 
 from shared.evaluation import RandomPolicy, evaluate
 from shared.mazes import WaypointPolicy
-from shared.tasks import REFERENCE_SCORES_PATH, TASKS, get_task
+from shared.tasks import REFERENCE_SCORES_PATH, TASKS, get_task, is_antmaze
 
-EMBEDDED_TASKS = [name for name, task in TASKS.items() if task.source == "embedded"]
+# the point-mass maze tasks; embedded antmaze tasks use D4RL's fixed 0 / 1 (shared.tasks.reference_scores)
+EMBEDDED_TASKS = [name for name, task in TASKS.items() if task.source == "embedded" and not is_antmaze(task)]
 
 
 def measure(task_name: str, episodes: int = 100, seed: int = 0, num_envs: int = 20, progress: bool = True

@@ -1,5 +1,7 @@
 """Baselines (BC, IQL, DT): tiny maze2d-umaze runs learn and beat the random policy, DT's mask is causal,
-filtered BC keeps the best trajectories, and a killed run resumes to the same parameters."""
+filtered BC keeps the best trajectories, a killed run resumes to the same parameters, and each is given what the
+task's protocol says (maze2d: no goal, the sparse reward of the fixed evaluation goal; -goal variants and multi2d:
+the goal)."""
 
 import json
 
@@ -7,6 +9,11 @@ import numpy as np
 import pytest
 import torch
 from conftest import load_algorithm
+
+from shared.buffer import returns_to_go, split_trajectories
+from shared.datasets import load_dataset
+from shared.mazes import make_env
+from shared.tasks import algo_inputs, goal_input
 
 bc = load_algorithm("bc")
 iql = load_algorithm("iql")
@@ -33,8 +40,10 @@ def logged(run_dir, key):
 
 @pytest.mark.parametrize("algo", ["bc", "iql", "dt"])
 def test_tiny_run_learns_and_beats_the_random_policy(algo, tmp_path):
+    """The goal-conditioned variants (bc-goal, iql-goal, dt-goal: ``goal_input true``) on maze2d-umaze."""
     module = MODULES[algo]
-    config = module.TrainConfig(**DATA, **EVAL, **TINY[algo], out_dir=str(tmp_path), checkpoint_every=10**6)
+    config = module.TrainConfig(**DATA, **EVAL, **TINY[algo], goal_input=True, out_dir=str(tmp_path),
+                                checkpoint_every=10**6)
     final = module.main(config)
     run_dir = tmp_path / algo / "maze2d-umaze" / "seed0"
     assert all(np.isfinite(logged(run_dir, "train/loss")))  # IQL's train/loss: v + q + actor loss
@@ -49,6 +58,18 @@ def test_tiny_run_learns_and_beats_the_random_policy(algo, tmp_path):
     assert final["normalized_score"] > 15.0, final["normalized_score"]
     assert final["train_steps"] == config.steps and final["algo"] == algo
     assert (run_dir / "final.json").exists() and list(run_dir.glob("checkpoint_*.pt"))
+
+
+def test_tiny_iql_without_the_goal_beats_the_random_policy(tmp_path):
+    """maze2d's protocol: IQL from (observation, sparse reward) alone reaches the fixed goal and stays there.
+    Tiny-run settings (not the configs'): a short horizon (discount 0.95) and fast targets (tau 0.05, critic lr 1e-3)
+    carry the reward across the maze in 3,000 steps (seeds 0 / 1 score about 109 / 43 on 20 episodes)."""
+    config = iql.TrainConfig(**DATA, **EVAL, hidden_dim=256, n_layers=2, batch_size=256, steps=3000, log_every=500,
+                             expectile=0.9, beta=10.0, tau=0.05, discount=0.95, qf_lr=1e-3, vf_lr=1e-3,
+                             out_dir=str(tmp_path), checkpoint_every=10**6)
+    final = iql.main(config)
+    assert final["config"]["goal_input"] is False  # resolved from the task's protocol and recorded
+    assert final["normalized_score"] > 15.0, final["normalized_score"]  # random: 0 (std ~5 over 10 episodes)
 
 
 def test_dt_causal_mask_never_lets_a_token_see_the_future():
@@ -85,7 +106,7 @@ def test_filtered_bc_keeps_the_top_return_trajectories():
 
 
 def test_iql_goal_relabelling_rewards_reaching_the_goal():
-    config = iql.TrainConfig(**DATA, p_data_goal=0.0, p_future_goal=1.0, discount=0.9, batch_size=4096)
+    config = iql.TrainConfig(**DATA, goal_input=True, p_data_goal=0.0, p_future_goal=1.0, discount=0.9, batch_size=4096)
     data = iql.load_data(config, torch.device("cpu"))
     torch.manual_seed(0)
     batch = iql.sample_batch(data, config)
@@ -105,8 +126,8 @@ def test_resume_after_a_kill_reaches_the_same_parameters(algo, tmp_path, monkeyp
     small = {**TINY[algo], "steps": 40, "log_every": 10, "checkpoint_every": 20}
     if algo == "bc":
         small["hidden_dim"] = 64
-    if algo == "iql":
-        small.update(hidden_dim=64, p_data_goal=0.5, p_future_goal=0.5)
+    if algo == "iql":  # goal-conditioned: the relabelling's random draws must resume too
+        small.update(hidden_dim=64, goal_input=True, p_data_goal=0.5, p_future_goal=0.5)
     common = dict(**DATA, **small, eval_episodes=1, num_eval_envs=1)
     module.main(module.TrainConfig(**common, out_dir=str(tmp_path / "straight")))
 
@@ -132,3 +153,65 @@ def test_resume_after_a_kill_reaches_the_same_parameters(algo, tmp_path, monkeyp
     assert straight.keys() == resumed.keys()
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
+
+
+def input_width(algo: str, data, config) -> int:
+    """Width of what the networks read per step besides the action, built as each main() builds them."""
+    if algo == "bc":
+        return bc.Actor(data.in_dim, data.act_dim, 8, 1, 0.0, "mse").trunk[0].in_features
+    if algo == "iql":
+        model = iql.IQL(config, data.in_dim, data.act_dim)
+        assert model.actor.net[0].in_features == model.qf.q1[0].in_features - data.act_dim
+        return model.vf[0].in_features
+    model = dt.DecisionTransformer(config, data.obs_dim, data.act_dim, data.goal_dim, data.max_timestep)
+    return model.state_emb.in_features + (model.goal_emb.in_features if model.goal_emb is not None else 0)
+
+
+@pytest.mark.parametrize("algo", ["bc", "iql", "dt"])
+def test_maze2d_inputs_have_no_goal_and_the_goal_variants_and_multi2d_do(algo):
+    module = MODULES[algo]
+    widths = {}
+    for task, goal in [("maze2d-umaze", None), ("maze2d-umaze", True), ("multi2d-umaze", None)]:
+        config = module.TrainConfig(**{**DATA, "task": task}, goal_input=goal, **({"hidden_dim": 8, "n_layers": 1}
+                                    if algo != "dt" else {"embedding_dim": 8, "n_layers": 1}))
+        data = module.load_data(config, torch.device("cpu"))
+        widths[(task, goal)] = input_width(algo, data, config)
+        assert data.obs_dim == 4
+    assert widths == {("maze2d-umaze", None): 4, ("maze2d-umaze", True): 6, ("multi2d-umaze", None): 6}
+    # the registry says so too, and refuses what a task cannot give or do without
+    assert not goal_input("maze2d-umaze", algo) and goal_input("maze2d-umaze", algo, True)
+    assert goal_input("multi2d-umaze", algo) and "goal" in algo_inputs("multi2d-umaze", algo)
+    assert goal_input("maze2d-large", "mage") and goal_input("maze2d-large", "diffuser")  # the planners get it
+    with pytest.raises(ValueError, match="needs the goal"):
+        goal_input("multi2d-umaze", algo, False)
+    with pytest.raises(ValueError, match="no goal"):
+        goal_input("hopper-medium-v2", algo, True)
+
+
+def test_maze2d_reward_is_the_sparse_reward_of_the_fixed_eval_goal():
+    """IQL's rewards and DT's returns-to-go on maze2d are the rewards the evaluation env hands out (1 within 0.45 of
+    the fixed goal after the step), checked by replaying dataset transitions in that env."""
+    data, _ = load_dataset("maze2d-umaze", size=DATA["dataset_size"])
+    config = iql.TrainConfig(**DATA)
+    rewards = iql.load_data(config, torch.device("cpu")).buffer.fields["rewards"].numpy()
+    np.testing.assert_array_equal(rewards, data["rewards"])  # as stored: no relabelling, no bias
+    assert set(np.unique(rewards)) == {0.0, 1.0} and 0.01 < rewards.mean() < 0.5
+    batch = iql.sample_batch(iql.load_data(config, torch.device("cpu")), config)
+    assert not batch["done"].any() and batch["x"].shape[1] == 4  # no terminals, no goal
+    env = make_env("maze2d-umaze")
+    env.reset(seed=0)  # the fixed evaluation goal (D4RL's G cell)
+    rng = np.random.default_rng(0)
+    hits = np.flatnonzero(rewards > 0)
+    picks = np.unique(np.concatenate([hits, np.clip(hits - 1, 0, None), rng.choice(len(rewards), 300)]))
+    for t in picks:  # every rewarded step, the step before each, and random others
+        env.unwrapped.point_env.set_state(data["infos/qpos"][t].astype(np.float64),
+                                          data["infos/qvel"][t].astype(np.float64))
+        _, reward, *_ = env.step(data["actions"][t])
+        assert reward == rewards[t], t
+    env.close()
+    # DT conditions on the undiscounted return-to-go of those same rewards (reward_scale 1 as in the maze2d configs)
+    seq = dt.load_data(dt.TrainConfig(**DATA, reward_scale=1.0), torch.device("cpu"))
+    bounds = split_trajectories(data["terminals"], data["timeouts"])
+    np.testing.assert_allclose(seq.buffer.fields["returns"][seq.buffer.starts, 0].numpy(),
+                               returns_to_go(data["rewards"], bounds), rtol=0, atol=1e-4)
+    assert seq.goal_dim == 0

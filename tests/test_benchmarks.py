@@ -113,6 +113,31 @@ def test_tables_means_bold_paper_columns_and_identical_bytes(results, tmp_path):
     assert readme.count(tables.START) == 1
 
 
+def test_goal_variants_get_their_own_table_and_published_columns_only_their_protocol(results, tmp_path, monkeypatch):
+    for seed, score in enumerate((96.0, 98.0)):
+        write_result(results, "bc-goal", "maze2d-umaze", seed, score)
+    assert generate(results, tmp_path / "a") == 0
+    md = (tmp_path / "a" / "RESULTS.md").read_text()
+    lines = md.splitlines()
+    # the main maze2d table gets a bc column ("not run": BC without the goal has no results) beside the published ones
+    main = next(line for line in lines if line.startswith("| task | mage | dt | bc |"))
+    assert main.endswith("| reported: DT (single-file DT) |")
+    assert "| `maze2d-umaze` | **110.0 ± 10.0** (3) | 62.0 ± 2.0 (3) | not run | — |" in md
+    # bc-goal: a table of its own, no published column in it, and not an ablation of bc
+    assert "| task | bc-goal |" in lines and "| `maze2d-umaze` | **97.0 ± 1.4** (2) |" in lines
+    assert "Δ bc-goal" not in md and "| task | bc |" not in md
+    # what each column is given, from the task registry
+    assert "`bc`: observation only (imitation: no goal, no reward)" in md
+    assert "`bc-goal`: observation + goal (training: the hindsight collection goal)" in md
+    assert "`dt`: observation + return-to-go of the task's reward (CORL's DT)" in md
+    assert "`diffuser`: observation; the goal inpainted at the plan's end" in md
+    # were DT given the goal on maze2d, the reported (goal-free) DT numbers would leave its table
+    monkeypatch.setattr(tables, "goal_input", lambda task, algo, override=None: task.startswith("maze2d"))
+    assert generate(results, tmp_path / "b") == 0
+    md = (tmp_path / "b" / "RESULTS.md").read_text()
+    assert "| paper: HD |" in md and "reported: DT" not in md.split("## Multi2D")[0].split("Published columns")[0]
+
+
 def test_check_detects_changed_missing_and_stale_files(small_results, tmp_path, capsys):
     results = small_results
     out = tmp_path / "out"
@@ -230,7 +255,10 @@ def test_sweeps_parse_and_name_existing_programs_configs_and_fields():
             assert all(f"--{k}={point[k]}" in cmd for k in extra), (cmd, extra)
     # the same grid as benchmarks/run.py's full comparison and MAGE's ablation
     expected = set(itertools.product(["mage", "dt", "diffuser", "iql", "bc"], SWEEP_GRID_TASKS, [0, 1, 2]))
-    expected |= set(itertools.product(["mage", *run.VARIANTS], ["maze2d-large"], [0, 1, 2]))
+    ablations = [v for v in run.VARIANTS if v not in run.PROTOCOL_VARIANTS]
+    expected |= set(itertools.product(["mage", *ablations], ["maze2d-large"], [0, 1, 2]))
+    # and the goal-conditioned baselines on maze2d (configs/sweeps/goal-variants.yaml)
+    expected |= set(itertools.product(run.PROTOCOL_VARIANTS, SWEEP_GRID_TASKS[:3], [0, 1, 2]))
     assert grid == expected
 
 

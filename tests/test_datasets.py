@@ -226,3 +226,15 @@ def test_loader_rejects_generated_file_of_another_task(tmp_path):
         load_dataset("multi2d-large", dataset_path=path)
     data, info = load_dataset("multi2d-umaze", dataset_path=path)
     assert info["source"].startswith("generated") and info["seed"] == 0 and len(data["rewards"]) == 3000
+
+
+@pytest.mark.parametrize("task, obs_dim", [("hopper-medium-v2", 11), ("walker2d-medium-replay-v2", 17),
+                                           ("kitchen-complete-v0", 60), ("door-human-v1", 39),
+                                           ("antmaze-umaze-v2", 29)])
+def test_d4rl_layout_files_of_each_family_load_and_wrong_sizes_are_refused(tmp_path, task, obs_dim):
+    path = write_d4rl_hdf5(tmp_path / "ok.hdf5", n=40, obs_dim=obs_dim, terminals=np.arange(40) % 20 == 19)
+    data, info = load_dataset(task, dataset_path=path)
+    assert data["observations"].shape == (40, obs_dim) and data["terminals"].sum() == 2
+    assert info["source"] == f"user file {path}"
+    with pytest.raises(DatasetError, match=f"observations have size {obs_dim + 1}, the task's env expects {obs_dim}"):
+        load_dataset(task, dataset_path=write_d4rl_hdf5(tmp_path / "bad.hdf5", obs_dim=obs_dim + 1))

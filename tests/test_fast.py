@@ -147,7 +147,7 @@ def _one_stage_losses(algo: str, compile: bool) -> list[float]:
     if algo == "bc":
         model = bc.Actor(data.in_dim, data.act_dim, 64, 2, 0.0, "mse").to(device)
     elif algo == "iql":
-        model = iql.IQL(config, data.obs_dim + 2, data.act_dim).to(device)
+        model = iql.IQL(config, data.in_dim, data.act_dim).to(device)
     elif algo == "dt":
         model = dt.DecisionTransformer(config, data.obs_dim, data.act_dim, data.goal_dim, data.max_timestep).to(device)
     else:
