@@ -28,7 +28,7 @@ from shared.buffer import Normalizer, SegmentBuffer, goal_returns_to_go, returns
 from shared.datasets import load_dataset  # noqa: E402
 from shared.evaluation import evaluate, require_evaluation  # noqa: E402
 from shared.logger import Logger, finish_run, prepare_run_dir  # noqa: E402
-from shared.tasks import get_task  # noqa: E402
+from shared.tasks import get_task, goal_radius  # noqa: E402
 from shared.training import (  # noqa: E402
     Stage, captured, fused, load_optimizer, make_step, resume_point, train_loop, use_graphs,
 )
@@ -144,7 +144,7 @@ def load_data(config: TrainConfig, device: torch.device) -> TrajectoryData:
     if task.goal_conditioned:
         # (choice) hindsight goal = the goal the data collector was driving to; R = discount^(steps to reach it)
         goals = data["infos/goal"].astype(np.float32)
-        rtg = goal_returns_to_go(obs[:, :2], goals, bounds, radius=0.45, discount=config.discount)
+        rtg = goal_returns_to_go(obs[:, :2], goals, bounds, radius=goal_radius(task), discount=config.discount)
         goal_n = obs_norm.normalize(np.concatenate([goals, np.zeros_like(obs[:, 2:])], 1))[:, :2]
     else:
         rtg = returns_to_go(data["rewards"], bounds, config.discount) / config.rtg_scale

@@ -141,6 +141,11 @@ for _name, (_id, _steps) in MINARI_IDS.items():
     TASKS[_name] = _minari_task(_name, _id, _steps)
 
 
+def goal_radius(task: Task) -> float:
+    """Distance at which a goal counts as reached: D4RL's antmaze 0.5, gymnasium-robotics' point maze 0.45."""
+    return 0.5 if is_antmaze(task) else 0.45
+
+
 def is_antmaze(task: Task) -> bool:
     """An embedded AntMaze task (the ant in shared/data/ant.py, not the point mass of shared/mazes.py)."""
     return task.source == "embedded" and task.name.startswith("antmaze")
