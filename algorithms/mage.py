@@ -118,6 +118,20 @@ class TrainConfig:
     replan_every: int = 1  # environment steps between plans
     temperature: float = 0.0  # token sampling temperature at evaluation (0: argmax)
 
+    def __post_init__(self) -> None:
+        check_shapes(self)  # a bad --scales or --patch is one line before any data is loaded
+
+
+def check_shapes(config: TrainConfig) -> None:
+    """The latent length L = horizon / patch must be what the finest scale ends at."""
+    if config.patch < 1 or config.horizon < 1:
+        raise RunError(f"horizon ({config.horizon}) and patch ({config.patch}) must be > 0")
+    L = config.horizon // config.patch
+    if config.horizon % config.patch or config.patch & (config.patch - 1):
+        raise RunError(f"patch ({config.patch}) must be a power of 2 dividing horizon ({config.horizon})")
+    if config.scales[-1] != L or sorted(config.scales) != list(config.scales) or min(config.scales) < 1:
+        raise RunError(f"scales {config.scales} must increase from >= 1 and end at horizon/patch = {L}")
+
 
 # ============================================================================ data
 @dataclass
@@ -517,11 +531,8 @@ def relaxed_onehot(logits: torch.Tensor, tau: float, sample_temperature: float) 
 class MAGE(nn.Module):
     def __init__(self, config: TrainConfig, x_dim: int, cond_dim: int, act_dim: int) -> None:
         super().__init__()
+        check_shapes(config)
         L = config.horizon // config.patch
-        if config.horizon % config.patch or config.patch & (config.patch - 1):
-            raise RunError(f"patch ({config.patch}) must be a power of 2 dividing horizon ({config.horizon})")
-        if config.scales[-1] != L or sorted(config.scales) != list(config.scales):
-            raise RunError(f"scales {config.scales} must increase and end at horizon/patch = {L}")
         self.decoder_condition = config.decoder_condition
         self.encoder = TrajectoryEncoder(x_dim, config.ae_channels, config.code_dim, config.patch, config.ae_blocks)
         self.vq = MultiScaleVQ(config.scales, config.codebook_size, config.code_dim, config.beta, config.phi_ratio)

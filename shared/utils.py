@@ -81,16 +81,47 @@ def _config_error_line(exc: Exception, config_class: type) -> str:
     return line
 
 
+# Valid ranges of the fields the algorithms share (a field a config does not have is skipped); None = unset is fine.
+_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {}
+for _names, _rule in [
+    (("batch_size", "steps", "train_steps", "horizon", "patch", "seq_len", "episode_len", "codebook_size", "code_dim",
+      "ae_channels", "ae_blocks", "d_model", "n_layers", "n_heads", "hidden_dim", "embedding_dim", "dim", "kernel_size",
+      "n_diffusion_steps", "n_plans", "ema_every", "num_eval_envs", "eval_episodes", "log_every",
+      "checkpoint_every", "action_horizon", "dataset_size", "lr", "e2e_lr", "actor_lr", "qf_lr",
+      "vf_lr", "gumbel_tau"), (lambda v: v > 0, "> 0")),
+    (("ae_steps", "tf_steps", "e2e_steps", "warmup_steps", "eval_every", "eval_episodes_during", "weight_decay",
+      "grad_clip", "dead_code_every", "end_window", "temperature", "n_guide_steps", "ema_start", "adapter_dim",
+      "n_sample_steps"),
+     (lambda v: v >= 0, ">= 0")),
+    (("dropout", "attention_dropout", "residual_dropout", "embedding_dropout", "actor_dropout", "end_fraction",
+      "ema_decay"), (lambda v: 0 <= v < 1, "in [0, 1)")),
+    (("discount", "filter_top_fraction", "tau", "phi_ratio"), (lambda v: 0 < v <= 1, "in (0, 1]")),
+    (("expectile",), (lambda v: 0 < v < 1, "in (0, 1)")),
+]:
+    _RANGES.update({_name: _rule for _name in _names})
+
+
+def check_ranges(config: Any) -> None:
+    """Raise one line naming the first field outside its valid range (before any data is loaded)."""
+    for name, (ok, what) in _RANGES.items():
+        value = getattr(config, name, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and not ok(value):
+            raise ValueError(f"field '{name}' must be {what}, got {value}")
+
+
 def parse_config(config_class: Type[T], args: Optional[list[str]] = None) -> T:
     """Parse ``--config file.yaml`` plus ``--field value`` overrides into ``config_class`` (pyrallis).
 
-    Any problem (unknown key, wrong type) becomes one clear line and exit status 2.
+    Any problem (unknown key, wrong type, a value out of range: ``check_ranges``, or the config's own
+    ``__post_init__`` checks) becomes one clear line and exit status 2.
     """
     argv = list(sys.argv[1:] if args is None else args)
     # pyrallis calls the option --config_path; our users type --config.
     argv = ["--config_path" if a == "--config" else a.replace("--config=", "--config_path=", 1) for a in argv]
     try:
-        return pyrallis.parse(config_class=config_class, args=argv)
+        config = pyrallis.parse(config_class=config_class, args=argv)
+        check_ranges(config)
+        return config
     except SystemExit:
         raise
     except Exception as exc:  # pyrallis raises bare Exceptions for unknown keys

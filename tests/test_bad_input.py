@@ -169,3 +169,22 @@ def test_more_dataset_errors_are_one_line(kind, match, tmp_path):
         load_dataset("maze2d-umaze", dataset_path=path)
     message = str(info.value)
     assert "\n" not in message and message.startswith(f"dataset {path}") and match in message, message
+
+
+@pytest.mark.parametrize("algo, args, line", [
+    ("iql", ["--batch_size", "-5"], "config error: field 'batch_size' must be > 0, got -5"),
+    ("mage", ["--codebook_size", "0"], "config error: field 'codebook_size' must be > 0, got 0"),
+    ("dt", ["--seq_len", "0"], "config error: field 'seq_len' must be > 0, got 0"),
+    ("bc", ["--dropout", "1.5"], "config error: field 'dropout' must be in [0, 1), got 1.5"),
+    ("iql", ["--expectile", "1"], "config error: field 'expectile' must be in (0, 1), got 1.0"),
+    ("diffuser", ["--ema_decay", "-0.1"], "config error: field 'ema_decay' must be in [0, 1), got -0.1"),
+    ("mage", ["--scales", "[1, 2, 5]"],
+     "config error: scales [1, 2, 5] must increase from >= 1 and end at horizon/patch = 32"),
+    ("mage", ["--patch", "0"], "config error: horizon (64) and patch (0) must be > 0"),
+])
+def test_out_of_range_values_are_one_line_before_any_data(algo, args, line, capsys):
+    """A value outside its range is named at parse time, before the dataset is even looked at."""
+    with pytest.raises(SystemExit) as info:
+        parse_config(load_algorithm(algo).TrainConfig, args)
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [line]
