@@ -38,7 +38,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from shared.tasks import Task, get_task
+from shared.tasks import POINT_MAZE_GOAL_RADIUS, Task, get_task
 
 RECIPE = "d4rl-maze2d-waypoint"
 RECIPE_VERSION = 1  # bump whenever generated content changes: cached files of other versions are not reused
@@ -132,7 +132,7 @@ def _generate_chunk(
     return {
         "observations": states_arr[:-1].astype(np.float32),
         "actions": np.asarray(actions, dtype=np.float32),
-        "rewards": (distance <= 0.45).astype(np.float32),
+        "rewards": (distance <= POINT_MAZE_GOAL_RADIUS).astype(np.float32),
         "terminals": np.zeros(length, dtype=bool),
         "timeouts": timeouts,
         "infos/goal": np.asarray(goals, dtype=np.float32),

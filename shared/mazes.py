@@ -24,14 +24,14 @@ except ImportError:
 import gymnasium_robotics  # noqa: E402
 from gymnasium_robotics.envs.maze.maps import LARGE_MAZE, MEDIUM_MAZE, U_MAZE  # noqa: E402
 
-from shared.tasks import Task, get_task  # noqa: E402
+from shared.tasks import POINT_MAZE_GOAL_RADIUS, Task, get_task  # noqa: E402
 
 gymnasium.register_envs(gymnasium_robotics)
 
 MAZES: Dict[str, List[List[Any]]] = {"umaze": U_MAZE, "medium": MEDIUM_MAZE, "large": LARGE_MAZE}
 MAZE_ENV_IDS = {"umaze": "PointMaze_UMaze-v3", "medium": "PointMaze_Medium-v3", "large": "PointMaze_Large-v3"}
 
-GOAL_RADIUS = 0.45  # gymnasium-robotics' success distance (D4RL used 0.5)
+GOAL_RADIUS = POINT_MAZE_GOAL_RADIUS  # gymnasium-robotics' success distance (D4RL used 0.5)
 VELOCITY_LIMIT = 5.0  # PointEnv clips qvel to this before every step
 Cell = Tuple[int, int]
 

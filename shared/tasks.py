@@ -141,9 +141,13 @@ for _name, (_id, _steps) in MINARI_IDS.items():
     TASKS[_name] = _minari_task(_name, _id, _steps)
 
 
+POINT_MAZE_GOAL_RADIUS = 0.45  # gymnasium-robotics' point-maze success distance (D4RL's maze2d used 0.5)
+ANTMAZE_GOAL_RADIUS = 0.5  # D4RL antmaze: reward = terminal = 1[|xy - goal| <= 0.5]
+
+
 def goal_radius(task: Task) -> float:
     """Distance at which a goal counts as reached: D4RL's antmaze 0.5, gymnasium-robotics' point maze 0.45."""
-    return 0.5 if is_antmaze(task) else 0.45
+    return ANTMAZE_GOAL_RADIUS if is_antmaze(task) else POINT_MAZE_GOAL_RADIUS
 
 
 def is_antmaze(task: Task) -> bool:

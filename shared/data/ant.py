@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from shared.mazes import bfs_path, cell_to_xy, empty_cells, is_free, maze_map, xy_to_cell
+from shared.tasks import ANTMAZE_GOAL_RADIUS
 
 import gymnasium_robotics  # noqa: E402  (shared.mazes has silenced its import notice)
 
@@ -45,7 +46,7 @@ GEAR = 30.0  # D4RL: ctrlrange +-30 at gear 1, reached through NormalizedBoxEnv'
 CONTROL_DT = TIMESTEP * FRAME_SKIP  # 0.1 s: 10 Hz
 MAZE_SCALING = 4.0  # metres per maze cell (D4RL's and gymnasium-robotics' antmaze)
 RESET_NOISE = 0.1  # D4RL's AntEnv.reset_model: qpos + U(-0.1, 0.1), qvel + 0.1 * N(0, 1)
-D4RL_GOAL_RADIUS = 0.5  # D4RL antmaze: reward = terminal = 1[|xy - goal| <= 0.5]
+D4RL_GOAL_RADIUS = ANTMAZE_GOAL_RADIUS  # D4RL antmaze: reward = terminal = 1[|xy - goal| <= 0.5]
 GYM_GOAL_RADIUS = 0.45  # gymnasium-robotics' AntMaze success distance
 OBS_DIM = 29  # qpos[:15] + qvel[:14]
 ACT_DIM = 8

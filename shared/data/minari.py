@@ -30,7 +30,6 @@ import numpy as np
 
 from shared.datasets import DatasetError, validate
 
-PREFIX = "minari:"  # ad-hoc task names: "minari:<dataset id>"
 INSTALL_HINT = "pip install -r requirements-minari.txt"
 
 
