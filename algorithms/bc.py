@@ -33,7 +33,7 @@ from shared.training import (  # noqa: E402
     Stage, captured, load_optimizer, make_optimizer, make_step, resume_point, train_loop, use_graphs,
 )
 from shared.utils import (  # noqa: E402
-    RunError, device_name, load_latest_checkpoint, resolve_device, rng_state, run_main, set_seed,
+    RunError, check_data_fits, device_name, load_latest_checkpoint, resolve_device, rng_state, run_main, set_seed,
 )
 
 
@@ -109,24 +109,26 @@ def keep_top_trajectories(rewards: np.ndarray, bounds: np.ndarray, fraction: flo
 
 def load_data(config: TrainConfig, device: torch.device, obs_norm: Optional[Normalizer] = None) -> BCData:
     """Dataset -> (optionally) top trajectories -> normalised (state [, hindsight goal], action) pairs."""
-    with_goal = goal_input(config.task, "bc", config.goal_input)
-    data, info = load_dataset(config.task, dataset_path=config.dataset_path, size=config.dataset_size,
+    task = get_task(config.task)
+    with_goal = goal_input(task, "bc", config.goal_input)
+    data, info = load_dataset(task, dataset_path=config.dataset_path, size=config.dataset_size,
                               seed=config.dataset_seed)
     obs, actions = data["observations"].astype(np.float32), data["actions"].astype(np.float32)
     bounds = split_trajectories(data["terminals"], data["timeouts"])
+    check_data_fits(config, bounds)  # e.g. a dataset_size too small for the horizon: one line, before training
     kept = keep_top_trajectories(data["rewards"], bounds, config.filter_top_fraction)
     rows = np.concatenate([np.arange(s, e) for s, e in kept])
     obs_norm = obs_norm or Normalizer.fit(obs)  # statistics of the full dataset, as CORL
     inputs = obs_norm.normalize(obs[rows])
     if with_goal:
         goals = data["infos/goal"][rows].astype(np.float32)  # hindsight goal: where the collector was driving
-        inputs = np.concatenate([inputs, (goals - obs_norm.mean[:2]) / obs_norm.std[:2]], 1)
+        inputs = np.concatenate([inputs, obs_norm.goal().normalize(goals)], 1)
     inputs = inputs.astype(np.float32)
     lengths = kept[:, 1] - kept[:, 0]
     new_bounds = np.stack([np.cumsum(lengths) - lengths, np.cumsum(lengths)], 1)
     buffer = TransitionBuffer({"inputs": inputs, "actions": actions[rows]}, new_bounds, device)
     print(f"[bc] {config.task}: {len(rows):,} of {len(obs):,} transitions ({len(kept):,} of {len(bounds):,} "
-          f"trajectories), data = {info['source']}; inputs: {algo_inputs(config.task, 'bc', config.goal_input)}")
+          f"trajectories), data = {info['source']}; inputs: {algo_inputs(task, 'bc', config.goal_input)}")
     return BCData(buffer, obs_norm, obs.shape[1], actions.shape[1], inputs.shape[1], with_goal, info)
 
 
@@ -212,8 +214,7 @@ class BCPolicy:
             return self.actor(x).float()
 
     def reset(self, goals: np.ndarray) -> None:
-        norm = self.data.obs_norm
-        self.goal_n = ((goals - norm.mean[:2]) / norm.std[:2]).astype(np.float32)
+        self.goal_n = self.data.obs_norm.goal().normalize(goals).astype(np.float32)
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, last_rewards: np.ndarray) -> np.ndarray:
@@ -228,8 +229,8 @@ class BCPolicy:
 # ============================================================================ main
 def main(config: TrainConfig) -> dict:
     task = get_task(config.task)  # unknown task: one clear line
-    require_evaluation(task.name)  # a D4RL task without gym/d4rl fails now, not after training
-    config.goal_input = goal_input(task.name, "bc", config.goal_input)  # resolved: the results say what BC was given
+    require_evaluation(task)  # a D4RL task without gym/d4rl fails now, not after training
+    config.goal_input = goal_input(task, "bc", config.goal_input)  # resolved: the results say what BC was given
     algo = algo_name(config)
     device = resolve_device(config.device)
     set_seed(config.seed)
@@ -248,7 +249,7 @@ def main(config: TrainConfig) -> dict:
     policy = BCPolicy(actor, data, config, device)
 
     def run_eval(episodes: int):
-        return evaluate(task.name, policy, episodes, config.eval_seed, num_envs=config.num_eval_envs)
+        return evaluate(task, policy, episodes, config.eval_seed, num_envs=config.num_eval_envs)
 
     stages, checkpoint = training_stages(config, data, actor, device, state)
     steps, train_wall = train_loop(algo, config, run_dir, logger, stages, step, checkpoint, run_eval, elapsed=elapsed)

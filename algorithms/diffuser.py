@@ -38,7 +38,7 @@ from shared.training import (  # noqa: E402
     Stage, captured, fused, load_optimizer, make_optimizer, make_step, resume_point, train_loop, use_graphs,
 )
 from shared.utils import (  # noqa: E402
-    RunError, device_name, load_latest_checkpoint, resolve_device, rng_state, run_main, set_seed,
+    RunError, check_data_fits, device_name, load_latest_checkpoint, resolve_device, rng_state, run_main, set_seed,
 )
 
 
@@ -129,13 +129,15 @@ def fit_normalizer(x: np.ndarray, kind: str) -> Normalizer:
 
 def load_data(config: TrainConfig, device: torch.device) -> TrajectoryData:
     """Dataset -> trajectories -> normalised (a, s) per step (+ discounted returns) in a device-side buffer."""
-    with_goal = goal_input(config.task, "diffuser")  # AntMaze: no goal (value guidance; shared.tasks.GOAL_PLANNERS)
-    data, info = load_dataset(config.task, dataset_path=config.dataset_path, size=config.dataset_size,
+    task = get_task(config.task)
+    with_goal = goal_input(task, "diffuser")  # AntMaze: no goal (value guidance; shared.tasks.GOAL_PLANNERS)
+    data, info = load_dataset(task, dataset_path=config.dataset_path, size=config.dataset_size,
                               seed=config.dataset_seed)
     obs, actions = data["observations"].astype(np.float32), data["actions"].astype(np.float32)
     # (choice) trajectories are split at timeouts (goal switches of the collector) rather than Diffuser's
     # maze2d_set_terminals (where the agent leaves the evaluation goal); segments run past the end with padding
     bounds = split_trajectories(data["terminals"], data["timeouts"])
+    check_data_fits(config, bounds)  # e.g. a dataset_size too small for the horizon: one line, before training
     x = np.concatenate([actions, obs], 1)
     x_norm = fit_normalizer(x, config.normalizer)
     fields = {"x": x_norm.normalize(x).astype(np.float32)}
@@ -149,7 +151,7 @@ def load_data(config: TrainConfig, device: torch.device) -> TrajectoryData:
     buffer = SegmentBuffer(fields, bounds, config.horizon, device)
     obs_dim, act_dim = obs.shape[1], actions.shape[1]
     rest_dims = rest_values = None
-    if config.pad_rest and with_goal and obs_dim == 4:
+    if config.pad_rest and with_goal and task.point_maze:
         rest = np.zeros(act_dim + obs_dim, bool)
         rest[:act_dim] = True  # actions
         rest[act_dim + 2:] = True  # velocities
@@ -589,7 +591,7 @@ class DiffuserPolicy:
 # ============================================================================ main
 def main(config: TrainConfig) -> dict:
     task = get_task(config.task)  # unknown task: one clear line
-    require_evaluation(task.name)  # a D4RL task without gym/d4rl fails now, not after training
+    require_evaluation(task)  # a D4RL task without gym/d4rl fails now, not after training
     device = resolve_device(config.device)
     torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest 1-D convolutions
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on CUDA (convolutions use TF32 already)
@@ -607,7 +609,7 @@ def main(config: TrainConfig) -> dict:
     policy = DiffuserPolicy(ema.model, data, config, device)  # one policy: its CUDA graphs persist (EMA weights)
 
     def run_eval(episodes: int):
-        return evaluate(task.name, policy, episodes, config.eval_seed, num_envs=config.num_eval_envs,
+        return evaluate(task, policy, episodes, config.eval_seed, num_envs=config.num_eval_envs,
                         progress=sys.stderr.isatty())
 
     stages, checkpoint = training_stages(config, data, model, ema, device, state)

@@ -35,7 +35,7 @@ from shared.training import (  # noqa: E402
     Stage, captured, load_optimizer, make_optimizer, make_step, resume_point, train_loop, use_graphs,
 )
 from shared.utils import (  # noqa: E402
-    RunError, device_name, load_latest_checkpoint, resolve_device, rng_state, run_main, set_seed,
+    RunError, check_data_fits, device_name, load_latest_checkpoint, resolve_device, rng_state, run_main, set_seed,
 )
 
 
@@ -103,11 +103,12 @@ class SequenceData:
 
 def load_data(config: TrainConfig, device: torch.device, obs_norm: Optional[Normalizer] = None) -> SequenceData:
     task = get_task(config.task)
-    with_goal = goal_input(config.task, "dt", config.goal_input)
-    data, info = load_dataset(config.task, dataset_path=config.dataset_path, size=config.dataset_size,
+    with_goal = goal_input(task, "dt", config.goal_input)
+    data, info = load_dataset(task, dataset_path=config.dataset_path, size=config.dataset_size,
                               seed=config.dataset_seed)
     obs, actions = data["observations"].astype(np.float32), data["actions"].astype(np.float32)
     bounds = split_trajectories(data["terminals"], data["timeouts"])
+    check_data_fits(config, bounds)  # e.g. a dataset_size too small for the horizon: one line, before training
     obs_norm = obs_norm or Normalizer.fit(obs)
     timesteps = np.zeros(len(obs), np.int64)
     for start, end in bounds:
@@ -116,14 +117,14 @@ def load_data(config: TrainConfig, device: torch.device, obs_norm: Optional[Norm
     if with_goal:
         goals = data["infos/goal"].astype(np.float32)
         rtg = goal_returns_to_go(obs[:, :2], goals, bounds, radius=config.goal_radius, discount=config.discount)
-        fields["goals"] = ((goals - obs_norm.mean[:2]) / obs_norm.std[:2]).astype(np.float32)
+        fields["goals"] = obs_norm.goal().normalize(goals).astype(np.float32)
     else:
         rtg = returns_to_go(data["rewards"], bounds, 1.0) * config.reward_scale
     fields["returns"] = rtg[:, None].astype(np.float32)
     max_timestep = max(config.episode_len, task.max_episode_steps, int((bounds[:, 1] - bounds[:, 0]).max()))
     buffer = SegmentBuffer(fields, bounds, config.seq_len, device)
     print(f"[dt] {config.task}: {len(obs):,} transitions, {buffer.num_trajectories:,} trajectories, "
-          f"data = {info['source']}; inputs: {algo_inputs(config.task, 'dt', config.goal_input)}")
+          f"data = {info['source']}; inputs: {algo_inputs(task, 'dt', config.goal_input)}")
     return SequenceData(buffer, obs_norm, obs.shape[1], actions.shape[1], 2 if with_goal else 0,
                         max_timestep, info)
 
@@ -277,8 +278,7 @@ class DTPolicy:
 
     def reset(self, goals: np.ndarray) -> None:
         n, K, dev = len(goals), self.config.seq_len, self.device
-        norm = self.data.obs_norm
-        self.goals = torch.as_tensor((goals - norm.mean[:2]) / norm.std[:2], dtype=torch.float32, device=dev)
+        self.goals = torch.as_tensor(self.data.obs_norm.goal().normalize(goals), dtype=torch.float32, device=dev)
         if not self.data.goal_dim:
             self.goals = self.goals[:, :0]
         self.states = torch.zeros(n, 0, self.data.obs_dim, device=dev)
@@ -314,8 +314,8 @@ class DTPolicy:
 # ============================================================================ main
 def main(config: TrainConfig) -> dict:
     task = get_task(config.task)  # unknown task: one clear line
-    require_evaluation(task.name)  # a D4RL task without gym/d4rl fails now, not after training
-    config.goal_input = goal_input(task.name, "dt", config.goal_input)  # resolved: the results say what DT was given
+    require_evaluation(task)  # a D4RL task without gym/d4rl fails now, not after training
+    config.goal_input = goal_input(task, "dt", config.goal_input)  # resolved: the results say what DT was given
     device = resolve_device(config.device)
     set_seed(config.seed)
     run_dir = prepare_run_dir(config, "dt")
@@ -332,7 +332,7 @@ def main(config: TrainConfig) -> dict:
     policy = DTPolicy(model, data, config, device)  # one policy: its CUDA graphs persist across evaluations
 
     def run_eval(episodes: int):
-        return evaluate(task.name, policy, episodes, config.eval_seed, num_envs=config.num_eval_envs)
+        return evaluate(task, policy, episodes, config.eval_seed, num_envs=config.num_eval_envs)
 
     stages, checkpoint = training_stages(config, data, model, device, state)
     steps, train_wall = train_loop("dt", config, run_dir, logger, stages, step, checkpoint, run_eval, elapsed=elapsed)

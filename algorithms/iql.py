@@ -40,7 +40,7 @@ from shared.training import (  # noqa: E402
     Stage, captured, load_optimizer, make_optimizer, make_step, resume_point, train_loop, use_graphs,
 )
 from shared.utils import (  # noqa: E402
-    RunError, device_name, load_latest_checkpoint, resolve_device, rng_state, run_main, set_seed,
+    RunError, check_data_fits, device_name, load_latest_checkpoint, resolve_device, rng_state, run_main, set_seed,
 )
 
 
@@ -104,13 +104,13 @@ class IQLData:
     act_dim: int
     goal_conditioned: bool  # whether the networks are given the goal (shared.tasks.goal_input)
     info: dict  # dataset source and recipe, for the results file
-    # obs_norm's (x, y) statistics as device tensors, made once: relabelling then copies nothing host -> device
-    pos_mean: torch.Tensor = field(init=False)
-    pos_std: torch.Tensor = field(init=False)
+    # obs_norm.goal() with device tensors, made once: relabelling then copies nothing host -> device
+    pos_norm: Normalizer = field(init=False)
 
     def __post_init__(self) -> None:
-        self.pos_mean = torch.as_tensor(self.obs_norm.mean[:2], device=self.buffer.device)
-        self.pos_std = torch.as_tensor(self.obs_norm.std[:2], device=self.buffer.device)
+        pos = self.obs_norm.goal()
+        self.pos_norm = Normalizer(torch.as_tensor(pos.mean, device=self.buffer.device),
+                                   torch.as_tensor(pos.std, device=self.buffer.device))
 
     @property
     def in_dim(self) -> int:
@@ -119,11 +119,13 @@ class IQLData:
 
 
 def load_data(config: TrainConfig, device: torch.device, obs_norm: Optional[Normalizer] = None) -> IQLData:
-    with_goal = goal_input(config.task, "iql", config.goal_input)
-    data, info = load_dataset(config.task, dataset_path=config.dataset_path, size=config.dataset_size,
+    task = get_task(config.task)
+    with_goal = goal_input(task, "iql", config.goal_input)
+    data, info = load_dataset(task, dataset_path=config.dataset_path, size=config.dataset_size,
                               seed=config.dataset_seed)
     obs, actions = data["observations"].astype(np.float32), data["actions"].astype(np.float32)
     bounds = split_trajectories(data["terminals"], data["timeouts"])
+    check_data_fits(config, bounds)  # e.g. a dataset_size too small for the horizon: one line, before training
     obs_norm = obs_norm or Normalizer.fit(obs)
     n = len(obs)
     fields = {"observations": obs_norm.normalize(obs).astype(np.float32), "actions": actions,
@@ -144,7 +146,7 @@ def load_data(config: TrainConfig, device: torch.device, obs_norm: Optional[Norm
         fields.update(rewards=rewards + config.reward_bias, terminals=data["terminals"].astype(np.float32))
     buffer = TransitionBuffer(fields, bounds, device)
     print(f"[iql] {config.task}: {n:,} transitions, {len(bounds):,} trajectories, data = {info['source']}; "
-          f"inputs: {algo_inputs(config.task, 'iql', config.goal_input)}")
+          f"inputs: {algo_inputs(task, 'iql', config.goal_input)}")
     return IQLData(buffer, obs_norm, obs.shape[1], actions.shape[1], with_goal, info)
 
 
@@ -171,10 +173,9 @@ def sample_batch(data: IQLData, config: TrainConfig) -> dict:
     p_data, p_future = config.p_data_goal, config.p_future_goal
     goal = torch.where((pick < p_data)[:, None], b["goal"],
                        torch.where((pick < p_data + p_future)[:, None], f["pos"][future], f["pos"][rand]))
-    mean, std = data.pos_mean, data.pos_std
-    next_pos = s2[:, :2] * std + mean
+    next_pos = data.pos_norm.unnormalize(s2[:, :2])
     reached = (torch.linalg.norm(next_pos - goal, dim=-1) <= config.goal_radius).float()
-    g = (goal - mean) / std
+    g = data.pos_norm.normalize(goal)
     valid = 1.0 - (b["is_last"].float() * (1.0 - reached))
     return {"x": torch.cat([s, g], 1), "x2": torch.cat([s2, g], 1), "a": b["actions"], "r": reached - 1.0,
             "done": reached, "valid": valid}
@@ -324,8 +325,7 @@ class IQLPolicy:
             return self.model.actor(x).float()
 
     def reset(self, goals: np.ndarray) -> None:
-        norm = self.data.obs_norm
-        self.goal_n = ((goals - norm.mean[:2]) / norm.std[:2]).astype(np.float32)
+        self.goal_n = self.data.obs_norm.goal().normalize(goals).astype(np.float32)
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, last_rewards: np.ndarray) -> np.ndarray:
@@ -340,8 +340,8 @@ class IQLPolicy:
 # ============================================================================ main
 def main(config: TrainConfig) -> dict:
     task = get_task(config.task)  # unknown task: one clear line
-    require_evaluation(task.name)  # a D4RL task without gym/d4rl fails now, not after training
-    config.goal_input = goal_input(task.name, "iql", config.goal_input)  # resolved: the results say what IQL was given
+    require_evaluation(task)  # a D4RL task without gym/d4rl fails now, not after training
+    config.goal_input = goal_input(task, "iql", config.goal_input)  # resolved: the results say what IQL was given
     device = resolve_device(config.device)
     set_seed(config.seed)
     run_dir = prepare_run_dir(config, "iql")
@@ -358,7 +358,7 @@ def main(config: TrainConfig) -> dict:
     policy = IQLPolicy(model, data, config, device)  # one policy: its CUDA graphs persist across evaluations
 
     def run_eval(episodes: int):
-        return evaluate(task.name, policy, episodes, config.eval_seed, num_envs=config.num_eval_envs)
+        return evaluate(task, policy, episodes, config.eval_seed, num_envs=config.num_eval_envs)
 
     stages, checkpoint = training_stages(config, data, model, device, state)
     steps, train_wall = train_loop("iql", config, run_dir, logger, stages, step, checkpoint, run_eval, elapsed=elapsed)

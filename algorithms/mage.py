@@ -8,7 +8,7 @@ One self-contained file, read top to bottom:
 A training example is a segment x = [(R_t, s_t), ..., (R_{t+H-1}, s_{t+H-1})] of returns-to-go and states.
 Actions are not generated: they come from an inverse-dynamics head on the aggregated latent.
 Run:  python algorithms/mage.py --config configs/mage/maze2d-umaze.yaml [--field value ...]
-Choices the paper leaves open are marked "(choice)" and listed in README.md.
+Choices the paper leaves open are marked "(choice)" and listed in docs/mage.md.
 """
 
 
@@ -34,7 +34,7 @@ from shared.training import (  # noqa: E402
 )
 from shared.training import make_optimizer as make_adam  # noqa: E402
 from shared.utils import (  # noqa: E402
-    RunError, device_name, load_latest_checkpoint, resolve_device, rng_state, run_main, set_seed,
+    RunError, check_data_fits, device_name, load_latest_checkpoint, resolve_device, rng_state, run_main, set_seed,
 )
 
 
@@ -114,7 +114,7 @@ class TrainConfig:
     target_return: float = 1.0  # condition R at evaluation: goal tasks in [0, 1] (1 = at the goal); reward tasks raw
     return_condition: bool = False  # goal tasks: also condition on R_t (reward tasks always do). Off by default: the
     # hindsight R = discount^(steps to g) is fixed by (s, g), and a target of 1 far from g is out of distribution
-    # (tiny config: 95.9 without, 62.1 with; README "Choices")
+    # (docs/mage.md)
     replan_every: int = 1  # environment steps between plans
     temperature: float = 0.0  # token sampling temperature at evaluation (0: argmax)
 
@@ -149,17 +149,18 @@ class TrajectoryData:
 def load_data(config: TrainConfig, device: torch.device) -> TrajectoryData:
     """Dataset -> trajectories -> per-step (R, s), conditions and actions in a device-side segment buffer."""
     task = get_task(config.task)
-    data, info = load_dataset(config.task, dataset_path=config.dataset_path, size=config.dataset_size,
+    data, info = load_dataset(task, dataset_path=config.dataset_path, size=config.dataset_size,
                               seed=config.dataset_seed)
     obs, actions = data["observations"].astype(np.float32), data["actions"].astype(np.float32)
     bounds = split_trajectories(data["terminals"], data["timeouts"])
+    check_data_fits(config, bounds)  # e.g. a dataset_size too small for the horizon: one line, before training
     obs_norm = Normalizer.fit(obs)
     s = obs_norm.normalize(obs)
     if task.goal_conditioned:
         # (choice) hindsight goal = the goal the data collector was driving to; R = discount^(steps to reach it)
         goals = data["infos/goal"].astype(np.float32)
         rtg = goal_returns_to_go(obs[:, :2], goals, bounds, radius=goal_radius(task), discount=config.discount)
-        goal_n = obs_norm.normalize(np.concatenate([goals, np.zeros_like(obs[:, 2:])], 1))[:, :2]
+        goal_n = obs_norm.goal().normalize(goals)
     else:
         rtg = returns_to_go(data["rewards"], bounds, config.discount) / config.rtg_scale
         goal_n = np.zeros((len(obs), 0), np.float32)
@@ -171,9 +172,9 @@ def load_data(config: TrainConfig, device: torch.device) -> TrajectoryData:
                            end_window=config.end_window)
     print(f"[mage] {config.task}: {len(obs):,} transitions, {buffer.num_trajectories:,} trajectories, "
           f"data = {info['source']}")
-    rest = None  # (choice) maze states are (x, y, vx, vy): resting = zero velocity; other tasks hold the arrival state
-    if obs.shape[1] == 4:
-        rest = torch.as_tensor(obs_norm.normalize(np.zeros((1, 4), np.float32))[0, 2:], device=device)
+    rest = None  # (choice) point-maze states are (x, y, vx, vy): resting = zero velocity; others hold the arrival state
+    if task.point_maze:
+        rest = torch.as_tensor(obs_norm.normalize(np.zeros((1, obs.shape[1]), np.float32))[0, 2:], device=device)
     return TrajectoryData(buffer, obs_norm, obs.shape[1], actions.shape[1], cond.shape[1],
                           task.goal_conditioned, info, rest)
 
@@ -790,8 +791,7 @@ class MagePolicy:
 
     def reset(self, goals: np.ndarray) -> None:
         n = len(goals)
-        g = np.concatenate([goals, np.zeros((n, self.data.obs_dim - 2), np.float32)], 1)
-        self.goal_n = self.data.obs_norm.normalize(g)[:, :2].astype(np.float32)
+        self.goal_n = self.data.obs_norm.goal().normalize(goals).astype(np.float32)
         scale = 1.0 if self.data.goal_conditioned else self.config.rtg_scale
         self.rtg = np.full(n, self.config.target_return / scale, np.float32)
         self.t, self.plan = 0, None
@@ -819,7 +819,7 @@ class MagePolicy:
 # ============================================================================ main
 def main(config: TrainConfig) -> dict:
     task = get_task(config.task)  # unknown task: one clear line
-    require_evaluation(task.name)  # a D4RL task without gym/d4rl fails now, not after training
+    require_evaluation(task)  # a D4RL task without gym/d4rl fails now, not after training
     device = resolve_device(config.device)
     torch.backends.cudnn.benchmark = True  # fixed shapes: cuDNN picks the fastest 1-D convolutions
     torch.set_float32_matmul_precision("high")  # TF32 matmuls on CUDA (token choice stays fp32: see nearest)
@@ -833,7 +833,7 @@ def main(config: TrainConfig) -> dict:
     policy = MagePolicy(model, data, config, device)
 
     def run_eval(episodes: int):
-        return evaluate(task.name, policy, episodes, config.eval_seed, num_envs=config.num_eval_envs,
+        return evaluate(task, policy, episodes, config.eval_seed, num_envs=config.num_eval_envs,
                         progress=sys.stderr.isatty())
 
     steps, train_wall = train(config, data, model, run_dir, logger, device, run_eval)

@@ -41,8 +41,9 @@ watch() {
 if [ "$CMD" = start ]; then
   GPUS=${2:-0}
   T0=$(date +%s)
-  for t in $MAZES; do python3 -m shared.datasets generate "$t" --workers 20 > "/tmp/gen-$t.log" 2>&1 & done
-  wait
+  pids=""  # wait for these only: a bare `wait` would also wait for any detached child started before it
+  for t in $MAZES; do python3 -m shared.datasets generate "$t" --workers 20 > "/tmp/gen-$t.log" 2>&1 & pids="$pids $!"; done
+  wait $pids
   for f in "$MAGE_DATA_DIR"/*.hdf5; do python3 -m shared.datasets verify "$f" 2>&1 | tail -1; done
   # the committed results are skipped (run.py skips a run whose file exists): only missing runs start
   mkdir -p /tmp/results && [ "${FRESH:-0}" = 1 ] || cp -rn benchmarks/results/. /tmp/results/

@@ -14,23 +14,20 @@ as an override, and replaces itself with that process (exec). A grid point whose
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import sys
 from pathlib import Path
 from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: shared/ is importable
 
 
 def load_run_module():
     """benchmarks/run.py as a module (a script, not a package)."""
-    if "benchmarks_run" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("benchmarks_run", Path(__file__).with_name("run.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    return sys.modules["benchmarks_run"]
+    from shared.utils import load_script  # here, not above: --help stays quick (shared.utils imports torch)
+
+    return load_script(Path(__file__).with_name("run.py"), "benchmarks_run")
 
 
 def build_command(argv: Optional[list[str]] = None) -> tuple[list[str], Path, argparse.Namespace]:

@@ -7,11 +7,11 @@ Reads ``<results-dir>/<algo-or-variant>/<task>/seed<k>.json`` (the schema of sha
   * ``--out``: per task group a task x algorithm table of normalised scores (mean ± std over seeds, seed count,
     best mean per row in bold, an average row), the papers' numbers in their own labelled columns, a table of
     training wall time / per-action latency / device, an ablation table for the variants of benchmarks/run.py,
-    and the provenance (file count, git commits, dataset sources);
-  * the block between ``<!-- results:start -->`` and ``<!-- results:end -->`` of ``--readme``, and between
-    ``<!-- speed:start -->`` and ``<!-- speed:end -->`` the speed tables of ``<results-dir>/speed.json``
-    (``benchmarks/speed.py``: eager vs CUDA graphs per algorithm, against the targets); markers are appended at the
-    end of the file when missing; nothing else in it is touched;
+    the speed tables of ``<results-dir>/speed.json`` (``benchmarks/speed.py``: eager vs CUDA graphs per algorithm,
+    against the targets) and of ``<results-dir>/speed_settings.json`` (the same measurement over more settings:
+    bf16, inductor), and the provenance (file count, git commits, dataset sources);
+  * the block between ``<!-- results:start -->`` and ``<!-- results:end -->`` of ``--readme`` (the markers are
+    appended at the end of the file when missing; nothing else in it is touched);
   * PNG plots in ``--plots-dir``: learning curves per task and a bar chart of scores per task group.
 The output is deterministic: the same result files give the same bytes. ``--check`` regenerates everything
 into a temporary directory and exits 1 if any committed output differs (or is missing, or a stale plot remains).
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import importlib.util
 import io
 import json
 import math
@@ -37,12 +36,18 @@ from typing import Optional
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # run as a script: shared/ is importable
 from shared.tasks import algo_inputs, goal_input  # noqa: E402
+from shared.utils import atomic_write_bytes, load_script  # noqa: E402
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
-SPEED_START, SPEED_END = "<!-- speed:start -->", "<!-- speed:end -->"
+TINY_START, TINY_END = "<!-- tiny:start -->", "<!-- tiny:end -->"
 SPEED_NAMES = {"mage": "MAGE", "dt": "DT", "diffuser": "Diffuser", "iql": "IQL", "bc": "BC"}
 ALGO_ORDER = ("mage", "dt", "diffuser", "iql", "bc")  # column order; other names follow alphabetically
 PLOT_PATTERNS = ("curves_*.png", "scores_*.png")  # files of --plots-dir that this script owns
+# Commits whose resumed runs wrote a train_wall_s of the part after the resume only: the training loop has kept the
+# elapsed time in its checkpoints since (shared/training.py), but the result schema has no field that tells the two
+# kinds of file apart, so the committed result files written before that are named by their commit here. Their
+# resumed runs' wall times are left out of the timing table; every other resumed run's wall time counts.
+PARTIAL_WALL_COMMITS = ("2c218c5", "b4c318c")
 
 # task groups: (key, title, canonical tasks shown even without results)
 GROUPS = (
@@ -169,12 +174,7 @@ def load_variants() -> dict[str, tuple[str, list[str]]]:
 
 def load_run_module():
     """benchmarks/run.py as a module (a script, not a package)."""
-    if "benchmarks_run" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("benchmarks_run", Path(__file__).with_name("run.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up while the file runs
-        spec.loader.exec_module(module)
-    return sys.modules["benchmarks_run"]
+    return load_script(Path(__file__).with_name("run.py"), "benchmarks_run")
 
 
 def order_names(names) -> list[str]:
@@ -314,6 +314,12 @@ def note_lines() -> list[str]:
     ]
 
 
+def partial_wall(run: dict) -> bool:
+    """A resumed run of a commit whose train_wall_s counts only the part after the resume (PARTIAL_WALL_COMMITS)."""
+    return bool((run.get("config") or {}).get("resume")) and str(run.get("git_commit")).startswith(
+        PARTIAL_WALL_COMMITS)
+
+
 def timing_table(cells: dict, names: list[str], tasks: list[str]) -> list[str]:
     header = ["task", "algorithm", "seeds", "train steps", "train wall (min)", "latency (ms / action)",
               "batch", "device"]
@@ -324,10 +330,9 @@ def timing_table(cells: dict, names: list[str], tasks: list[str]) -> list[str]:
             if cell is None:
                 continue
             steps = sorted({int(r["train_steps"]) for r in cell.runs if isinstance(r.get("train_steps"), int)})
-            # a resumed run's wall time counts only the part after its resume: left out, marked with r
             wall = [r["train_wall_s"] / 60 for r in cell.runs
-                    if isinstance(r.get("train_wall_s"), (int, float)) and not (r.get("config") or {}).get("resume")]
-            resumed = sum(bool((r.get("config") or {}).get("resume")) for r in cell.runs)
+                    if isinstance(r.get("train_wall_s"), (int, float)) and not partial_wall(r)]
+            resumed = sum(partial_wall(r) for r in cell.runs)
             lat = cell.values("action_latency_ms")
             batches = set()
             for r in cell.runs:
@@ -498,8 +503,57 @@ def speed_cell(entry, part: str, get, ratios: dict) -> str:
     return speed_num(value)
 
 
+def speed_label(path: Path) -> str:
+    try:
+        return path.resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return path.name
+
+
+def speed_section(results_dir: Path) -> list[str]:
+    """RESULTS.md's speed section: speed.json (eager vs graphs, targets), then speed_settings.json (more settings)."""
+    lines = speed_lines(load_speed(results_dir / "speed.json")[0], speed_label(results_dir / "speed.json"))
+    settings_path = results_dir / "speed_settings.json"
+    payload, _ = load_speed(settings_path)
+    if payload is not None:
+        lines += ["", "### More settings: bf16 and inductor", ""] + settings_lines(payload, speed_label(settings_path))
+    return lines
+
+
+def settings_lines(payload: dict, label: str) -> list[str]:
+    """The same measurement over every setting of one speed.py run (e.g. ``--settings eager,graphs,graphs+bf16,
+    graphs+inductor,graphs+inductor+bf16``): per algorithm one column per setting, no targets."""
+    if not isinstance(payload.get("algorithms"), dict):
+        return [f"`{label}` predates the eager/graphs layout of `benchmarks/speed.py`."]
+    settings = list(payload.get("settings") or {})
+    commit = str(payload.get("git_commit") or "unknown")
+    commit = commit[:7] + ("+dirty" if commit.endswith("+dirty") else "")
+    lines = [f"`{label}`: one run of `python benchmarks/speed.py --settings {','.join(settings)}` on "
+             f"{payload.get('device')}, torch {payload.get('torch')}, commit `{commit}`, task `{payload.get('task')}`"
+             "; *+bf16*: bf16 autocast (`--bf16 true`); *+inductor*: the loss also fused by `torch.compile` "
+             "(`--inductor true`; its compilation is in the first training calls). Same measurements as above.", ""]
+    missing = []
+    for algo, a in payload["algorithms"].items():
+        if not isinstance(a, dict):
+            continue
+        entries = (a.get("settings") or {})
+        if not any(speed_part(e, "training") or speed_part(e, "latency") for e in entries.values()):
+            missing.append(SPEED_NAMES.get(algo, algo))
+            continue
+        body = []
+        for label_, part, get, _ in speed_rows(algo, a, payload):
+            if part == "ratio":
+                continue
+            body.append([label_] + [speed_cell(entries.get(st), part, get, {}) for st in settings])
+        lines += [f"**{SPEED_NAMES.get(algo, algo)}**", ""]
+        lines += md_table(["", *settings], body, ["---"] + ["---:"] * len(settings)) + [""]
+    if missing:
+        lines += [f"Not measured in this file (every setting failed or was skipped): {', '.join(missing)}.", ""]
+    return lines[:-1] if lines and lines[-1] == "" else lines
+
+
 def speed_lines(payload: Optional[dict], label: str) -> list[str]:
-    """The README's speed block: per algorithm eager vs graphs, with the targets."""
+    """The speed section: per algorithm eager vs graphs, with the targets."""
     regen = ("regenerate it with `python benchmarks/speed.py` (one GPU, nothing else running on it), then run "
              "`python benchmarks/tables.py`.")
     if payload is None:
@@ -680,7 +734,24 @@ def bar_plot(title: str, tasks: list[str], names: list[str], cells: dict) -> Opt
 
 
 # ----------------------------------------------------------------------------- everything
-def build(results_dir: Path, out: Path, readme: Optional[Path], plots_dir: Path) -> dict[Path, bytes]:
+def tiny_sentence(tiny_dir: Path) -> str:
+    """The README's claim about its main command, from the result files of
+    ``python benchmarks/run.py --algos mage --tasks tiny --seeds 0 1 2 3 4 --results-dir benchmarks/tiny``."""
+    runs = [json.loads(p.read_text()) for p in sorted(Path(tiny_dir).glob("mage/tiny/seed*.json"))]
+    if not runs:
+        return "Its score: not measured yet (no result file under `benchmarks/tiny/`)."
+    scores = [r["normalized_score"] for r in runs]
+    walls = [r["train_wall_s"] / 60 for r in runs]
+    mean, std = mean_std(scores)
+    seeds = ", ".join(str(r["seed"]) for r in runs)
+    devices = sorted({r.get("device", "?") for r in runs})
+    return (f"What it printed on {' / '.join(devices)} for seeds {seeds}: normalised score {mean:.1f} ± {std:.1f} "
+            f"(lowest {min(scores):.1f}; random 0, the data's expert controller 100), {min(walls):.1f}-"
+            f"{max(walls):.1f} min of training (`benchmarks/tiny/`).")
+
+
+def build(results_dir: Path, out: Path, readme: Optional[Path], plots_dir: Path,
+          tiny_dir: Optional[Path] = None) -> dict[Path, bytes]:
     """Target path -> bytes of every output (README.md's with the block replaced)."""
     results_dir = Path(results_dir).resolve()
     cells, files, skipped = load_results(results_dir)
@@ -745,7 +816,8 @@ def build(results_dir: Path, out: Path, readme: Optional[Path], plots_dir: Path)
             md += ["Learning curves: " + ", ".join(f"[{t}]({rel(plots_dir / f'curves_{t}.png', out)})"
                                                   for t in curves), ""]
     if any(PAPER.values()):
-        md += ["Published columns (numbers as collected in the project's paper notes, `shared/paper/MAGE.md`): "
+        md += ["Published columns (numbers as collected in the project's paper notes, `../shared/paper/MAGE.md` "
+               "beside this repository): "
                + "; ".join(f"`{c}`: {s}" for c, s in PAPER_SOURCES.items()) + ".", ""]
     md += ["## Training time, action latency and device", "",
            "Wall time of training (evaluation excluded); latency = median wall time of one `act` call of the "
@@ -753,10 +825,12 @@ def build(results_dir: Path, out: Path, readme: Optional[Path], plots_dir: Path)
            "Runs share their GPU with other runs of the grid (`benchmarks/device_grid.sh`: up to 12 per GPU under "
            "MPS), so wall times are those of a busy GPU, not of one run alone. Diffuser plans once per episode "
            "and then follows the plan, so its median `act` is a tracking step; its planning cost per call is in "
-           "`benchmarks/results/speed.json` (one GPU, one process).", ""]
+           "the speed section below (one GPU, one process). `resumed: not counted`: runs resumed by a version of the "
+           "training loop whose wall time counted only the part after the resume.", ""]
     md += timing_table(cells, order_names(present), all_tasks) + [""]
     ablations = {k: v for k, v in variants.items() if k not in protocol}
     md += ["## Ablations", ""] + ablation_table(cells, ablations, present - protocol) + [""]
+    md += ["## Speed", ""] + speed_section(results_dir) + [""]
     md += ["## Provenance", ""] + provenance(files, cells, skipped, results_label)
     outputs[out] = ("\n".join(md).rstrip() + "\n").encode()
 
@@ -777,14 +851,8 @@ def build(results_dir: Path, out: Path, readme: Optional[Path], plots_dir: Path)
             block += ["(No result files yet: run `benchmarks/run.py`, then `python benchmarks/tables.py`.)", ""]
         text = Path(readme).read_text() if Path(readme).exists() else ""
         text = replace_block(text, START, END, "\n".join(block))
-        speed_path = results_dir / "speed.json"
-        payload, _ = load_speed(speed_path)
-        try:
-            speed_label = speed_path.relative_to(ROOT).as_posix()
-        except ValueError:
-            speed_label = "speed.json"
-        speed = speed_lines(payload, speed_label)
-        text = replace_block(text, SPEED_START, SPEED_END, "\n" + "\n".join(speed) + "\n")
+        if tiny_dir is not None and TINY_START in text:
+            text = replace_block(text, TINY_START, TINY_END, tiny_sentence(tiny_dir) + "\n")
         outputs[Path(readme)] = text.encode()
     return outputs
 
@@ -801,13 +869,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "RESULTS.md")
     p.add_argument("--readme", default=str(ROOT / "README.md"), help="README whose results block to rewrite; '' = none")
     p.add_argument("--plots-dir", type=Path, default=ROOT / "benchmarks" / "plots")
+    p.add_argument("--tiny-dir", type=Path, default=ROOT / "benchmarks" / "tiny",
+                   help="result files of the README's main command (benchmarks/run.py --tasks tiny)")
     p.add_argument("--check", action="store_true", help="exit 1 if the committed outputs are not up to date")
     args = p.parse_args(argv)
     readme = Path(args.readme) if args.readme else None
     if not args.results_dir.is_dir():
         print(f"error: no results directory {args.results_dir}", file=sys.stderr)
         return 2
-    outputs = build(args.results_dir, args.out, readme, args.plots_dir)
+    outputs = build(args.results_dir, args.out, readme, args.plots_dir, args.tiny_dir)
     if args.check:
         differ = []
         with tempfile.TemporaryDirectory(prefix="tables-check-") as tmp:
@@ -831,7 +901,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     for target, data in outputs.items():
         if not target.exists() or target.read_bytes() != data:
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
+            atomic_write_bytes(target, data)  # a killed run never leaves half a README
             print(f"wrote {target}")
     for stale in stale_plots(args.plots_dir, outputs):
         stale.unlink()

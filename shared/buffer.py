@@ -55,7 +55,8 @@ def goal_returns_to_go(positions: np.ndarray, goals: np.ndarray, bounds: np.ndar
 
 @dataclass
 class Normalizer:
-    """Per-dimension affine normalisation; saved in checkpoints so evaluation uses the training statistics."""
+    """Per-dimension affine normalisation; saved in checkpoints so evaluation uses the training statistics.
+    ``mean`` and ``std`` are numpy arrays, or tensors on the device that normalises (no copy per call)."""
 
     mean: np.ndarray
     std: np.ndarray
@@ -69,6 +70,11 @@ class Normalizer:
 
     def unnormalize(self, x):
         return x * _like(self.std, x) + _like(self.mean, x)
+
+    def goal(self) -> "Normalizer":
+        """The normaliser of goal positions (x, y) [N, 2]: the statistics of the state's first two dimensions (the
+        position on maze tasks), so that a normalised goal and the normalised state's position share units."""
+        return Normalizer(self.mean[:2], self.std[:2])
 
     def state_dict(self) -> dict:
         return {"mean": self.mean.tolist(), "std": self.std.tolist()}

@@ -5,7 +5,9 @@ scripts/generation/generate_maze2d_datasets.py: a waypoint controller with N(0, 
 continuing episode; each time it reaches its goal (or after max_episode_steps) a new random goal cell is drawn.
 These are NOT the original D4RL files (different simulator stack and coordinates); everything that reports
 a number on them says so via the `source` field of `load_dataset`'s info. The embedded AntMaze datasets follow
-D4RL's antmaze recipe in shared/data/antmaze.py (a ``Recipe``), through the same cache, writer and checks.
+D4RL's antmaze recipe in shared/data/antmaze.py (a ``Recipe``), the embedded locomotion datasets (hopper,
+halfcheetah, walker2d) D4RL's locomotion recipe with the project's SAC in shared/data/locomotion.py, through the
+same cache, writer and checks.
 
 Layout (D4RL's HDF5): observations [N, 4] = [x, y, vx, vy], actions [N, 2], rewards [N], terminals [N] (all
 False), timeouts [N] (True on the last step before each goal switch and on the last step of each chunk),
@@ -27,9 +29,7 @@ import argparse
 import hashlib
 import multiprocessing
 import os
-import socket
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
@@ -38,7 +38,7 @@ import h5py
 import numpy as np
 from tqdm import tqdm
 
-from shared.tasks import POINT_MAZE_GOAL_RADIUS, Task, get_task
+from shared.tasks import POINT_MAZE_GOAL_RADIUS, Task, get_task, is_locomotion
 
 RECIPE = "d4rl-maze2d-waypoint"
 RECIPE_VERSION = 1  # bump whenever generated content changes: cached files of other versions are not reused
@@ -227,29 +227,16 @@ def library_versions() -> Dict[str, str]:
 
 
 def _remove_orphaned_temp_files(path: Path) -> None:
-    """Delete temp files of ``path`` left by writers on this host that no longer run (a SIGKILL runs no cleanup).
-    Their names carry host and pid; a live writer's file, or another host's, is never touched."""
-    host = socket.gethostname()
-    for tmp in path.parent.glob(f".{path.name}.{host}-*.tmp"):
-        pid = tmp.name[len(f".{path.name}.{host}-"):].split(".", 1)[0]
-        if not pid.isdigit():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            tmp.unlink(missing_ok=True)
-        except PermissionError:  # alive, another user's
-            pass
+    from shared.utils import remove_orphaned_temp_files  # here: shared.utils imports torch, which spawned workers skip
+
+    remove_orphaned_temp_files(path)
 
 
 def _write_atomic(path: Path, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> None:
-    """Write to a temp file in the same directory, fsync, then rename: readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_orphaned_temp_files(path)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{socket.gethostname()}-{os.getpid()}.", suffix=".tmp",
-                                    dir=path.parent)
-    os.close(fd)
-    try:
+    """Write the HDF5 file through ``shared.utils.atomic_write``: readers never see a half-written file."""
+    from shared.utils import atomic_write  # here: shared.utils imports torch, which spawned workers skip
+
+    def write(tmp_name: str) -> None:
         with h5py.File(tmp_name, "w") as f:
             for key, array in arrays.items():
                 f.create_dataset(key, data=array, compression="gzip", shuffle=True)
@@ -257,21 +244,8 @@ def _write_atomic(path: Path, arrays: Mapping[str, np.ndarray], attrs: Mapping[s
                 f.attrs[key] = value
             f.flush()
             f.attrs["complete"] = True  # last: a file without it was interrupted
-        with open(tmp_name, "rb") as f:
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_name, 0o666 & ~umask)  # mkstemp creates 0600; a cache is for everyone who may read it
-        os.replace(tmp_name, path)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.unlink(tmp_name)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+
+    atomic_write(path, write)
 
 
 @dataclass(frozen=True)
@@ -299,6 +273,10 @@ def recipe_of(task_name: str) -> Recipe:
         from shared.data.antmaze import recipe  # lazy: imports torch and the ant controller
 
         return recipe()
+    if is_locomotion(task):
+        from shared.data.locomotion import recipe as locomotion_recipe  # lazy: gymnasium's MuJoCo envs
+
+        return locomotion_recipe(task.name)  # DatasetError (one line) while the SAC policies are not trained
     return Recipe(RECIPE, RECIPE_VERSION, GENERATED_SOURCE, 4, generate_arrays,
                   attrs={"chunk_size": CHUNK_SIZE, "action_noise": ACTION_NOISE})
 
@@ -314,10 +292,10 @@ def cache_path(task_name: str, size: Optional[int] = None, seed: int = 0) -> Pat
 
 
 def _data_task(task_name: str) -> Task:
-    """The task whose dataset `task_name` trains on (multi2d-* -> maze2d-*); embedded maze tasks only."""
+    """The task whose dataset `task_name` trains on (multi2d-* -> maze2d-*); embedded (maze, locomotion) tasks only."""
     task = get_task(get_task(task_name).data_name)
-    if task.source != "embedded" or task.maze is None:
-        raise ValueError(f"task '{task_name}' has no generation recipe (only embedded maze tasks are generated)")
+    if task.source != "embedded" or (task.maze is None and not is_locomotion(task)):
+        raise ValueError(f"task '{task_name}' has no generation recipe (only embedded tasks are generated)")
     return task
 
 
@@ -451,7 +429,7 @@ def validate(data: Mapping[str, np.ndarray], path: Any = "<memory>", obs_dim: Op
 
 
 def task_obs_dim(task: Task) -> Optional[int]:
-    if task.source == "embedded":
+    if task.source == "embedded" and not is_locomotion(task):  # (locomotion: by prefix, with no policies needed)
         return recipe_of(task.name).obs_dim
     return next((dim for prefix, dim in D4RL_OBS_DIMS.items() if task.name.startswith(prefix)), None)
 
@@ -478,7 +456,7 @@ def _d4rl_local_file(task: Task) -> Optional[Path]:
 
 
 def load_dataset(
-    task_name: str,
+    task_name: str | Task,
     dataset_path: Optional[os.PathLike] = None,
     size: Optional[int] = None,
     seed: int = 0,
@@ -491,6 +469,7 @@ def load_dataset(
     ``workers`` None: the recipe's default, 1 for maze2d, every core for antmaze).
     """
     task = get_task(task_name)
+    task_name = task.name
     obs_dim = task_obs_dim(task)
     if dataset_path is not None:
         path = Path(dataset_path).expanduser()
@@ -558,12 +537,13 @@ def verify(path: os.PathLike, task_name: Optional[str] = None) -> Dict[str, Any]
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m shared.datasets", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    gen = sub.add_parser("generate", help="generate an embedded maze2d or antmaze dataset")
+    gen = sub.add_parser("generate", help="generate an embedded maze2d, antmaze or locomotion dataset")
     gen.add_argument("task")
     gen.add_argument("--size", type=int, default=None)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--out", type=Path, default=None)
-    gen.add_argument("--workers", type=int, default=None, help="processes (default: maze2d 1, antmaze every core)")
+    gen.add_argument("--workers", type=int, default=None,
+                     help="processes (default: maze2d 1, antmaze and locomotion every core)")
     info = sub.add_parser("info", help="print a dataset's attributes and array shapes")
     info.add_argument("path", type=Path)
     ver = sub.add_parser("verify", help="validate a dataset file (and its content hash)")

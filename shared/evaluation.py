@@ -24,7 +24,7 @@ from typing import Any, Dict, List, Protocol, Tuple
 import numpy as np
 from tqdm import tqdm
 
-from shared.tasks import Task, get_task, is_antmaze, normalized_score
+from shared.tasks import Task, get_task, is_antmaze, is_locomotion, normalized_score
 
 
 class Policy(Protocol):
@@ -120,10 +120,10 @@ class D4RLEnv:
 _ENV_CACHE: dict = {}  # task name -> evaluation envs, reused across calls (every reset is fully seeded)
 
 
-def make_eval_env(task_name: str):
-    """MazeEnv for embedded maze2d tasks, shared.data.ant's AntMazeD4RL for embedded antmaze tasks, D4RLEnv (needs
-    gym + d4rl) for original D4RL tasks, MinariEnv (the env a Minari dataset recorded for evaluation) for Minari
-    tasks."""
+def make_eval_env(task_name: str | Task):
+    """MazeEnv for embedded maze2d tasks, shared.data.ant's AntMazeD4RL for embedded antmaze tasks, LocomotionEnv
+    (shared/data/locomotion.py: gymnasium's v5 env) for embedded locomotion tasks, D4RLEnv (needs gym + d4rl) for
+    original D4RL tasks, MinariEnv (the env a Minari dataset recorded for evaluation) for Minari tasks."""
     task = get_task(task_name)
     if task.source == "d4rl":
         return D4RLEnv(task)
@@ -135,12 +135,16 @@ def make_eval_env(task_name: str):
         from shared.data.ant import make_maze_env  # lazy: the ant model (gymnasium-robotics' AntMaze-v5)
 
         return make_maze_env(task.maze, goal_cell=task.eval_goal_cell, max_episode_steps=task.max_episode_steps)
+    if is_locomotion(task):  # gymnasium's Hopper-v5 / HalfCheetah-v5 / Walker2d-v5, 1,000 steps
+        from shared.data.locomotion import LocomotionEnv
+
+        return LocomotionEnv(task.env_id, task.max_episode_steps)
     from shared.mazes import MazeEnv
 
     return MazeEnv(task)
 
 
-def require_evaluation(task_name: str) -> None:
+def require_evaluation(task_name: str | Task) -> None:
     """Fail at the start of a run, not after hours of training, when the task cannot be evaluated here: the original
     D4RL tasks need the `gym` and `d4rl` packages even when the dataset comes from a file (RunError, one line); Minari
     tasks need minari, the downloaded dataset and its env's packages (DatasetError, one line)."""
@@ -156,7 +160,7 @@ def _normalize(task_name: str, value: float) -> float:
 
 
 def evaluate(
-    task_name: str,
+    task_name: str | Task,
     policy: Policy,
     episodes: int,
     seed: int,
@@ -165,6 +169,7 @@ def evaluate(
 ) -> EvalResult:
     """Run `episodes` episodes (episode i seeded `seed + i`) in waves of up to `num_envs` envs."""
     task = get_task(task_name)
+    task_name = task.name
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     num_envs = max(1, min(num_envs, episodes))

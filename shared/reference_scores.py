@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
@@ -28,7 +26,9 @@ from shared.mazes import WaypointPolicy
 from shared.tasks import REFERENCE_SCORES_PATH, TASKS, get_task, is_antmaze
 
 # the point-mass maze tasks; embedded antmaze tasks use D4RL's fixed 0 / 1 (shared.tasks.reference_scores)
-EMBEDDED_TASKS = [name for name, task in TASKS.items() if task.source == "embedded" and not is_antmaze(task)]
+# (locomotion tasks: measured when their SAC policies are trained, shared/data/locomotion.py)
+EMBEDDED_TASKS = [name for name, task in TASKS.items()
+                  if task.source == "embedded" and task.maze is not None and not is_antmaze(task)]
 
 
 def measure(task_name: str, episodes: int = 100, seed: int = 0, num_envs: int = 20, progress: bool = True
@@ -58,21 +58,6 @@ def _versions() -> Dict[str, str]:
             "gymnasium_robotics": version("gymnasium_robotics"), "mujoco": mujoco.__version__}
 
 
-def write_json_atomic(path: Path, payload: Dict[str, Any]) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m shared.reference_scores", description=__doc__.split("\n\n")[0])
     parser.add_argument("--tasks", nargs="+", default=EMBEDDED_TASKS, choices=EMBEDDED_TASKS)
@@ -98,7 +83,9 @@ def main(argv: Optional[List[str]] = None) -> None:
                      "expert": "noiseless waypoint controller (shared.mazes.WaypointPolicy, noise=0)"},
         "measured_seconds": round(time.time() - start, 1),
     }
-    write_json_atomic(args.out, payload)
+    from shared.utils import atomic_write_json  # here: shared.utils imports torch; measuring does not need it
+
+    atomic_write_json(args.out, payload, sort_keys=False)
     print(f"wrote {args.out}")
 
 

@@ -1,7 +1,8 @@
 """Task registry: what each task name means (env, episode length, goal protocol, data, reference scores), and
 what each algorithm is given on it (goal_input, algo_inputs).
 
-Embedded tasks run on data the project generates itself (D4RL's maze2d and antmaze recipes on gymnasium-robotics);
+Embedded tasks run on data the project generates itself (D4RL's maze2d and antmaze recipes on gymnasium-robotics,
+its locomotion recipe with the project's SAC on gymnasium's v5 envs);
 original D4RL names (``maze2d-umaze-v1``, ``hopper-medium-v2``, ...) resolve to the user's own D4RL files;
 ``minari-*`` names (and ad-hoc ``minari:<dataset id>``) to the user's local Minari datasets (shared/data/minari.py).
 """
@@ -63,6 +64,13 @@ class Task:
     def data_name(self) -> str:
         return self.dataset_task or self.name
 
+    @property
+    def point_maze(self) -> bool:
+        """A point-mass maze (maze2d-*, multi2d-*, D4RL's maze2d-*-v1, Minari's pointmaze): states (x, y, vx, vy)."""
+        if self.source == "minari":
+            return "pointmaze" in self.env_id.split("/")[:-1]
+        return self.name.startswith(("maze2d-", "multi2d-"))
+
 
 # D4RL maze2d v1 layouts are gymnasium-robotics' U_MAZE / MEDIUM_MAZE / LARGE_MAZE; eval goals are D4RL's 'G' cells.
 _MAZES = {
@@ -99,6 +107,35 @@ for _name in ANTMAZE_DATASETS:
         name=f"antmaze-{_name}", source="embedded", env_id=_env_id, maze=_maze, max_episode_steps=_steps,
         goal_mode="fixed", eval_goal_cell=_goal, dataset_size=1_000_000,
     )
+# Embedded locomotion (shared/data/locomotion.py): D4RL's hopper / halfcheetah / walker2d recipe regenerated with this
+# project's SAC on gymnasium's v5 envs (not D4RL's files); reward tasks, 1,000-step evaluation episodes; reference
+# scores = the random policy's and the SAC expert's returns, measured when the policies were trained.
+LOCOMOTION_ENVS = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d": "Walker2d-v5"}
+LOCOMOTION_DIR = Path(__file__).parent / "data" / "locomotion"  # the committed policies (shared/data/locomotion.py)
+
+
+def locomotion_dir(env: str) -> Path:
+    """Where an env's committed SAC policies live (MAGE_LOCOMOTION_DIR/<env> overrides it: tests, other runs)."""
+    import os
+
+    return Path(os.environ.get("MAGE_LOCOMOTION_DIR") or LOCOMOTION_DIR) / env
+
+
+def locomotion_replay_size(env: str, weights_dir: Optional[Path] = None) -> int:
+    """medium-replay's size: the transitions of the checkpoint ladder in policies.json (0 while there is none)."""
+    path = Path(weights_dir or locomotion_dir(env)) / "policies.json"
+    try:
+        return int(sum(rung["transitions"] for rung in json.loads(path.read_text())["ladder"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+for _env, _env_id in LOCOMOTION_ENVS.items():
+    for _quality, _size in (("medium", 1_000_000), ("medium-replay", None), ("medium-expert", 2_000_000)):
+        TASKS[f"{_env}-{_quality}"] = Task(
+            name=f"{_env}-{_quality}", source="embedded", env_id=_env_id, max_episode_steps=1000, goal_mode="none",
+            dataset_size=_size if _size is not None else locomotion_replay_size(_env),
+        )
 for _name in D4RL_REF_SCORES:
     _maze2d = _name.startswith("maze2d")
     _steps = next((v for k, v in _D4RL_STEPS.items() if _name.startswith(k + "-")), 1000)
@@ -155,9 +192,16 @@ def is_antmaze(task: Task) -> bool:
     return task.source == "embedded" and task.name.startswith("antmaze")
 
 
-def get_task(name: str) -> Task:
+def is_locomotion(task: Task) -> bool:
+    """An embedded locomotion task (hopper / halfcheetah / walker2d, shared/data/locomotion.py)."""
+    return task.source == "embedded" and task.name.split("-")[0] in LOCOMOTION_ENVS
+
+
+def get_task(name: str | Task) -> Task:
     """Look a task up by name; unknown names fail with the list of known ones. ``minari:<id>`` is any local
-    Minari dataset (registered on first use)."""
+    Minari dataset (registered on first use). A Task is returned as it is: functions taking a task accept either."""
+    if isinstance(name, Task):
+        return name
     if name not in TASKS and name.startswith(MINARI_PREFIX) and len(name) > len(MINARI_PREFIX):
         TASKS[name] = _minari_task(name, name[len(MINARI_PREFIX):])
     if name not in TASKS:
@@ -172,6 +216,10 @@ def reference_scores(name: str) -> Tuple[float, float]:
         return D4RL_REF_SCORES[name]
     if is_antmaze(task):  # D4RL's antmaze convention: return = success (0 / 1), score = 100 x success rate
         return 0.0, 1.0
+    if is_locomotion(task):  # measured when the SAC policies were trained (their policies.json)
+        from shared.data.locomotion import reference_scores as locomotion_scores  # lazy: gymnasium, mujoco
+
+        return locomotion_scores(task.name.split("-")[0])
     if task.source == "minari":
         from shared.data.minari import reference_scores as minari_scores  # lazy: minari is optional
 
@@ -220,12 +268,13 @@ INPUTS = {
 }
 
 
-def goal_input(task_name: str, algo: str, override: Optional[bool] = None) -> bool:
+def goal_input(task_name: str | Task, algo: str, override: Optional[bool] = None) -> bool:
     """Whether `algo` gets the goal on this task: the task's protocol (above) unless `override` says otherwise.
 
     Overriding is for variants such as bc-goal (goal-conditioned BC on maze2d); a task without a goal cannot give
     one, and a random-goal task cannot be solved without it, so those overrides are errors (ValueError)."""
     task = get_task(task_name)
+    task_name = task.name
     diffuser_ant = algo == "diffuser" and is_antmaze(task)
     default = task.goal_mode == "random" or (task.goal_mode == "fixed" and algo in GOAL_PLANNERS and not diffuser_ant)
     if override is None or override == default:
@@ -239,7 +288,7 @@ def goal_input(task_name: str, algo: str, override: Optional[bool] = None) -> bo
     return override
 
 
-def algo_inputs(task_name: str, algo: str, override: Optional[bool] = None) -> str:
+def algo_inputs(task_name: str | Task, algo: str, override: Optional[bool] = None) -> str:
     """One line: what `algo` is given on this task (``INPUTS``, or a generic line for other algorithms)."""
     with_goal = goal_input(task_name, algo, override)
     return INPUTS.get((algo, with_goal), "observation + goal" if with_goal else "observation + the task's reward")

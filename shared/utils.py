@@ -6,6 +6,7 @@ import json
 import os
 import random
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +22,11 @@ T = TypeVar("T")
 
 class RunError(RuntimeError):
     """An error that the entry point reports as one line (bad config, missing GPU, NaN loss, ...)."""
+
+
+class ConfigError(RunError):
+    """A config that the loaded data shows to be unusable (``check_data_fits``): reported as ``config error: ...``
+    with exit status 2, as the errors found while parsing are."""
 
 
 def _strict_int(value: Any) -> int:
@@ -109,6 +115,26 @@ def check_ranges(config: Any) -> None:
             raise ValueError(f"field '{name}' must be {what}, got {value}")
 
 
+def check_data_fits(config: Any, bounds: np.ndarray) -> None:
+    """Right after the data is loaded (trajectory ``bounds``, [n, 2] (start, end)): ConfigError, one line, when the
+    data cannot fill what the config asks for, rather than a run that trains on padding or on a handful of
+    transitions. Some trajectory must be as long as a segment (``horizon`` or ``seq_len``, whichever the config has);
+    a ``dataset_size`` slice must hold one batch (``batch_size``; a whole dataset is used whatever its size)."""
+    bounds = np.asarray(bounds).reshape(-1, 2)
+    lengths = bounds[:, 1] - bounds[:, 0]
+    n, longest = int(lengths.sum()), int(lengths.max(initial=0))
+    size = getattr(config, "dataset_size", None)
+    what = f"dataset_size {size}" if size is not None else "the dataset"
+    for field in ("horizon", "seq_len"):
+        length = getattr(config, field, None)
+        if isinstance(length, int) and longest < length:
+            raise ConfigError(f"{what} gives no segment of {field} {length}: its longest trajectory has {longest} "
+                              f"steps ({n} transitions)")
+    batch = getattr(config, "batch_size", None)
+    if size is not None and isinstance(batch, int) and n < batch:
+        raise ConfigError(f"{what} gives {n} transitions, fewer than one batch (batch_size {batch})")
+
+
 def parse_config(config_class: Type[T], args: Optional[list[str]] = None) -> T:
     """Parse ``--config file.yaml`` plus ``--field value`` overrides into ``config_class`` (pyrallis).
 
@@ -130,10 +156,14 @@ def parse_config(config_class: Type[T], args: Optional[list[str]] = None) -> T:
 
 
 def run_main(main: Callable[[T], Any], config_class: Type[T]) -> None:
-    """Entry point: parse the config, run ``main``; a RunError/DatasetError is printed as one line, exit 1."""
+    """Entry point: parse the config, run ``main``; a RunError/DatasetError is printed as one line, exit 1 (a
+    ConfigError: ``config error: ...``, exit 2, as at parse time)."""
     config = parse_config(config_class)
     try:
         main(config)
+    except ConfigError as exc:  # found once the data is loaded: reported as the parse-time config errors are
+        print(f"config error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     except (RunError, ValueError, KeyError, OSError) as exc:  # OSError: disk full, permissions, missing file
         text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
         print(f"error: {text}", file=sys.stderr)
@@ -193,27 +223,65 @@ def git_commit() -> str:
         return "unknown"
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temp file beside ``path``, fsync, then rename: readers never see a half-written file."""
+def remove_orphaned_temp_files(path: Path) -> None:
+    """Delete temp files of ``path`` (``atomic_write``'s) left by writers on this host that no longer run (a SIGKILL
+    runs no cleanup). Their names carry host and pid; a live writer's file, or another host's, is never touched."""
+    host = socket.gethostname()
+    for tmp in Path(path).parent.glob(f".{Path(path).name}.{host}-*.tmp"):
+        pid = tmp.name[len(f".{Path(path).name}.{host}-"):].split(".", 1)[0]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            tmp.unlink(missing_ok=True)
+        except PermissionError:  # alive, another user's
+            pass
+
+
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Create ``path`` through ``write(temp_name)`` so that readers never see a half-written file: a hidden temp file
+    in the same directory (named by host and pid: a killed writer's leftovers are removed next time), fsync,
+    permissions from the umask, ``os.replace``, fsync of the directory. On any failure the temp file is removed and
+    an existing ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    remove_orphaned_temp_files(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{socket.gethostname()}-{os.getpid()}.",
+                               suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        write(tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         umask = os.umask(0)
         os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results and checkpoints are meant to be shared
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results, caches and checkpoints are meant to be shared
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException:  # disk full, interrupted: no half-written temp file left behind
         Path(tmp).unlink(missing_ok=True)
         raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # the rename itself survives a crash
+    finally:
+        os.close(dir_fd)
 
 
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+def _write_bytes(name: str, data: bytes) -> None:
+    with os.fdopen(os.open(name, os.O_WRONLY | os.O_TRUNC), "wb") as f:
+        f.write(data)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    atomic_write(path, lambda tmp: _write_bytes(tmp, data))
+
+
+def atomic_write_json(path: Path, obj: Any, sort_keys: bool = True) -> None:
+    atomic_write_bytes(Path(path), (json.dumps(obj, indent=2, sort_keys=sort_keys) + "\n").encode())
 
 
 def load_script(path: Path, name: str) -> Any:
@@ -253,16 +321,7 @@ def save_checkpoint(run_dir: Path, step: int, state: dict, keep: int = 2) -> Pat
     """Atomically write ``checkpoint_{step}.pt`` and keep only the ``keep`` newest."""
     run_dir = Path(run_dir)
     path = run_dir / f"checkpoint_{step:09d}.pt"
-    tmp = path.with_name(f".{path.name}.tmp")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        torch.save({"step": step, **state}, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # disk full, interrupted: no half-written temp file left behind
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda tmp: torch.save({"step": step, **state}, tmp))
     for old in sorted(run_dir.glob("checkpoint_*.pt"))[:-keep]:
         old.unlink(missing_ok=True)
     return path

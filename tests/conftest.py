@@ -1,7 +1,7 @@
 """Shared fixtures: W&B off, a session-wide dataset cache with small generated datasets."""
 
-import importlib.util
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -31,12 +31,20 @@ def data_dir(tmp_path_factory):
 
 
 def load_algorithm(name: str):
-    """Import algorithms/<name>.py as a module (the files are scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(f"algo_{name}", ROOT / "algorithms" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    """algorithms/<name>.py as a module (the files are scripts, not a package), imported once per session."""
+    from shared.utils import load_script
+
+    return load_script(ROOT / "algorithms" / f"{name}.py", f"algo_{name}")
+
+
+def run_as_a_user(args: list, data_dir: Path) -> tuple[int, str]:
+    """``python *args`` in the repository root, as a user runs it (no GPU, W&B off, one thread) on the session's
+    dataset cache: (exit status, stderr)."""
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "MAGE_DATA_DIR": str(data_dir), "WANDB_MODE": "disabled",
+           "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, *map(str, args)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=300)
+    return proc.returncode, proc.stderr
 
 
 def write_d4rl_hdf5(path, n=50, obs_dim=4, drop=None, **override):

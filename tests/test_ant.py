@@ -188,6 +188,7 @@ def _small_config(tmp_path, **kw) -> ac.TrainConfig:
     return ac.TrainConfig(**base)
 
 
+@pytest.mark.slow
 def test_sac_updates_fit_the_critic_on_a_fixed_batch(tmp_path):
     torch.manual_seed(0)
     config = _small_config(tmp_path, critic_lr=1e-3)
@@ -253,6 +254,7 @@ def test_short_training_writes_a_loadable_controller(tmp_path):
     env.close()
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the captured (CUDA graph) update needs a GPU")
 def test_captured_update_learns_on_cuda(tmp_path):
     config = _small_config(tmp_path, device="cuda", critic_lr=1e-3)

@@ -25,6 +25,7 @@ def umaze_slice():
     return path, read_arrays(path)
 
 
+@pytest.mark.slow
 def test_slice_is_deterministic_across_workers_and_seeds(monkeypatch):
     monkeypatch.setattr(antmaze, "CHUNK_EPISODES", 1)  # one chunk per episode: 2 workers really split the work
     one = antmaze.generate_arrays("antmaze-medium-play", size=SIZE, seed=7, workers=1, progress=False)
@@ -160,6 +161,7 @@ def test_d4rl_start_and_goal_rules(name):
         assert offset.min() >= 0.0 and offset.max() <= bound and offset.max() > 0.9 * bound
 
 
+@pytest.mark.slow
 def test_tiny_bc_on_an_antmaze_umaze_slice_beats_the_random_policy(tmp_path):
     """BC imitates the noisy collector (100 episodes, 8,000 steps; seed 0 here: 3 of 10 episodes reach the goal, 2 of
     10 with 50 episodes and 5,000 steps); the random policy never reaches umaze's goal in 700 steps."""

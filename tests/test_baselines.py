@@ -38,6 +38,7 @@ def logged(run_dir, key):
     return [row[key] for row in rows if key in row]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("algo", ["bc", "iql", "dt"])
 def test_tiny_run_learns_and_beats_the_random_policy(algo, tmp_path):
     """The goal-conditioned variants (bc-goal, iql-goal, dt-goal: ``goal_input true``) on maze2d-umaze."""
@@ -60,6 +61,7 @@ def test_tiny_run_learns_and_beats_the_random_policy(algo, tmp_path):
     assert (run_dir / "final.json").exists() and list(run_dir.glob("checkpoint_*.pt"))
 
 
+@pytest.mark.slow
 def test_tiny_iql_without_the_goal_beats_the_random_policy(tmp_path):
     """maze2d's protocol: IQL from (observation, sparse reward) alone reaches the fixed goal and stays there.
     Tiny-run settings (not the configs'): a short horizon (discount 0.95) and fast targets (tau 0.05, critic lr 1e-3)

@@ -163,22 +163,19 @@ def test_check_detects_changed_missing_and_stale_files(small_results, tmp_path, 
     assert generate(results, out, "--check") == 1
 
 
-def test_readme_speed_block_from_speed_json(small_results, tmp_path):
+def test_speed_section_of_results_md_from_speed_json(small_results, tmp_path):
     out = tmp_path / "out"
-    readme = out / "README.md"
-    out.mkdir()
-    readme.write_text("# Project\n\n<!-- speed:start -->\nold\n<!-- speed:end -->\n\nAfter.\n")
+    results_md = out / "RESULTS.md"  # the speed tables: a section of RESULTS.md, not of the README
     assert generate(small_results, out) == 0  # no speed.json: says so
-    text = readme.read_text()
-    assert "No `" in text and "old" not in text and text.endswith("After.\n\n<!-- results:start -->" +
-                                                                    text.split("<!-- results:start -->")[1])
-    assert text.count(tables.SPEED_START) == 1 and text.count(tables.SPEED_END) == 1
+    text = results_md.read_text()
+    assert "## Speed" in text and "No `" in text.split("## Speed")[1]
+    assert "speed" not in (out / "README.md").read_text().split("<!-- results:start -->")[0]
     speed_json = small_results / "speed.json"
     old = {"device": "NVIDIA H200", "git_commit": "493fc27abc", "settings": {"fp32": {"mage": {}}}}
     speed_json.write_text(json.dumps(old))  # the layout before eager/graphs: no crash, a regeneration note
-    assert generate(small_results, out, "--check") == 1  # the speed block is stale
+    assert generate(small_results, out, "--check") == 1  # the speed section is stale
     assert generate(small_results, out) == 0 and generate(small_results, out, "--check") == 0
-    assert "predates the eager/graphs layout" in readme.read_text() and "`493fc27`" in readme.read_text()
+    assert "predates the eager/graphs layout" in results_md.read_text() and "`493fc27`" in results_md.read_text()
     entry = {"training": {"steps_per_s": 500.0, "stages": {"train": {"steps_per_s": 500.0}},
                           "peak_memory_mib": 900.0, "steady_peak_memory_mib": 700.0, "first_calls_s": 1.5},
              "latency": {"batch1": {"per_action_ms": 0.5}, "batch64": {"per_action_ms": 0.75}}}
@@ -194,12 +191,28 @@ def test_readme_speed_block_from_speed_json(small_results, tmp_path):
     speed_json.write_text(json.dumps(new))
     assert generate(small_results, out, "--check") == 1
     assert generate(small_results, out) == 0 and generate(small_results, out, "--check") == 0
-    text = readme.read_text()
+    text = results_md.read_text()
     assert "NVIDIA H200, torch 2.11 (CUDA 13.0), commit `abcdef0`" in text and "**0 of 1 met**" in text
     assert "| training steps/s | 500 | error | ≥ 3000 | **no** (eager) |" in text
     assert "| peak training memory, MiB (steady state) | 900 (700) | error |  |  |" in text
     assert "| one action, batch 64 (ms) | 0.750 | error |  |  |" in text
     assert "graphs: error `RuntimeError: capture | failed`" in text
+
+
+def test_readme_states_the_main_commands_scores_from_its_result_files(tmp_path):
+    tiny = tmp_path / "tiny"
+    assert "not measured yet" in tables.tiny_sentence(tiny)
+    (tiny / "mage" / "tiny").mkdir(parents=True)
+    for seed, score in [(0, 90.0), (1, 80.0)]:
+        (tiny / "mage" / "tiny" / f"seed{seed}.json").write_text(json.dumps(
+            {"seed": seed, "normalized_score": score, "train_wall_s": 180.0 + 60 * seed, "device": "CPU: test x2"}))
+    line = tables.tiny_sentence(tiny)
+    assert "seeds 0, 1" in line and "85.0 ± 7.1" in line and "lowest 80.0" in line and "3.0-4.0 min" in line, line
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{tables.TINY_START}\nold\n{tables.TINY_END}\n")
+    out = tables.build(tmp_path / "none", tmp_path / "RESULTS.md", readme, tmp_path / "plots", tiny)
+    text = out[readme].decode()
+    assert line in text and "old" not in text and text.count(tables.TINY_START) == 1
 
 
 def test_committed_tables_are_up_to_date():
@@ -419,7 +432,7 @@ def test_speed_quick_writes_all_keys(tmp_path):
     assert targets["mage_stage1_steps_per_s"]["measured"] == mage["per_stage_steps_per_s"]["autoencoder"]
     assert targets["mage_over_dt_latency_batch64"]["measured"] == data["ratios"]["mage_over_dt_latency_batch64"]
     assert data["targets_summary"]["comparable"] is False and data["targets_summary"]["total"] == len(targets)
-    # README's speed block renders this layout
+    # RESULTS.md's speed section renders this layout
     block = "\n".join(tables.speed_lines(data, "speed.json"))
     assert block.count("| training steps/s") == 4 + 4 and "| one plan, batch 1 (ms) |" in block
     assert "**Smoke test" in block and "skipped" in block and "predates" not in block

@@ -103,6 +103,7 @@ def test_value_guidance_raises_the_value_and_keeps_the_start(data_dir, tmp_path)
     np.testing.assert_allclose(actions, np.clip(expected, -1, 1), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_tiny_run_learns_and_beats_random(data_dir, tmp_path):
     """configs/diffuser/tiny.yaml end to end: the diffusion loss falls and the planner beats the random policy."""
     config = tiny_config(tmp_path)

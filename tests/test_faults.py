@@ -21,6 +21,7 @@ from shared.datasets import DatasetError, generate, load_dataset, verify
 from shared.logger import prepare_run_dir, write_result
 from shared.utils import RunError, atomic_write_json, load_latest_checkpoint, save_checkpoint
 
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA_SIZE = 30_000  # the size the other test files use, so the session dataset cache is shared
 # tiny BC: a few hundred steps of a small MLP, 5 evaluation episodes
@@ -89,6 +90,7 @@ def _ensure_dataset(data_dir):
 # ----------------------------------------------------------------------------------------------- kill and resume
 
 
+@pytest.mark.slow  # a whole run or generation in a subprocess
 def test_sigkilled_run_resumes_to_the_same_final_metrics(data_dir, tmp_path):
     _ensure_dataset(data_dir)
     steps = ["--steps", "600", "--checkpoint_every", "100"]
@@ -121,6 +123,7 @@ def test_sigkilled_run_resumes_to_the_same_final_metrics(data_dir, tmp_path):
 # ----------------------------------------------------------------------------------------- killed generation
 
 
+@pytest.mark.slow  # a whole run or generation in a subprocess
 def test_sigkilled_generation_leaves_nothing_usable_and_a_later_generate_succeeds(tmp_path):
     out = tmp_path / "gen" / "umaze.hdf5"
     out.parent.mkdir()
@@ -277,6 +280,7 @@ def test_a_run_whose_result_file_exists_is_refused_before_training(tmp_path):
     assert prepare_run_dir(config, "bc") == run_dir  # the same process may prepare its folder again (in-process)
 
 
+@pytest.mark.slow  # a whole run or generation in a subprocess
 def test_full_disk_in_a_run_is_one_line(tmp_path):
     """run_main reports an OSError (disk full, permissions) as one line, not a traceback."""
     code = ("import errno, sys; sys.path.insert(0, '.'); from shared.utils import run_main, RunError\n"
@@ -292,6 +296,7 @@ def test_full_disk_in_a_run_is_one_line(tmp_path):
 # --------------------------------------------------------------------------------------- two runs, one folder
 
 
+@pytest.mark.slow  # a whole run or generation in a subprocess
 def test_two_runs_in_one_folder_do_not_overwrite_each_other(data_dir, tmp_path):
     _ensure_dataset(data_dir)
     folder = ["--out_dir", str(tmp_path), "--steps", "1000000", "--checkpoint_every", "50"]

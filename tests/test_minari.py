@@ -251,12 +251,9 @@ def test_every_minari_config_is_valid_and_names_its_dataset(algo):
 
 
 def test_tables_keep_minari_results_apart_and_name_the_dataset():
-    import importlib.util
+    from shared.utils import load_script
 
-    spec = importlib.util.spec_from_file_location("tables_for_minari", ROOT / "benchmarks" / "tables.py")
-    tables = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = tables  # dataclasses look their module up while the file runs
-    spec.loader.exec_module(tables)
+    tables = load_script(ROOT / "benchmarks" / "tables.py", "tables_for_minari")
     assert tables.group_of("minari-hopper-medium") == "minari" != tables.group_of("hopper-medium-v2")
     assert tables.group_of("minari:D4RL/door/human-v2") == "minari"
     run = {"dataset": {"source": M.source_label("mujoco/hopper/medium-v0")}, "normalized_score": 50.0}

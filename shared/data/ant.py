@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import sys
 import tempfile
 import xml.etree.ElementTree as ET
@@ -34,6 +33,7 @@ import torch
 
 from shared.mazes import bfs_path, cell_to_xy, empty_cells, is_free, maze_map, xy_to_cell
 from shared.tasks import ANTMAZE_GOAL_RADIUS
+from shared.utils import atomic_write_bytes
 
 import gymnasium_robotics  # noqa: E402  (shared.mazes has silenced its import notice)
 
@@ -88,10 +88,7 @@ def d4rl_ant_xml_path() -> str:
     digest = hashlib.sha256(text.encode()).hexdigest()[:16]
     path = Path(tempfile.gettempdir()) / f"d4rl_ant_{digest}.xml"
     if not path.exists():
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".xml.tmp")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
+        atomic_write_bytes(path, text.encode())
     return str(path)
 
 

@@ -16,7 +16,6 @@ Evaluate:  python -m shared.data.ant_controller --config configs/ant_controller.
 """
 
 
-import copy
 import functools
 import math
 import sys
@@ -28,16 +27,15 @@ from typing import Callable, Optional, Sequence
 import gymnasium
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from shared.data import ant
-from shared.training import captured, make_optimizer, make_step, use_graphs
+from shared.data import sac as sac_lib
+from shared.data.sac import Learner, Replay, TwinQ, make_optimizers, make_vector, mlp, update  # noqa: F401 (API)
+from shared.training import make_step  # noqa: F401 (tests capture ``update`` through it)
 from shared.utils import RunError, atomic_write_bytes, atomic_write_json, device_name, resolve_device, run_main
 from shared.utils import save_checkpoint, set_seed
 
-LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 MAZES = ("umaze", "medium", "large")
 
 
@@ -102,134 +100,22 @@ class TrainConfig:
             raise ValueError("utd must be > 0 and batch_size >= 1")
 
 
-# ============================================================================ networks
-def mlp(in_dim: int, out_dim: int, hidden: int, n_layers: int) -> nn.Sequential:
-    layers: list[nn.Module] = []
-    for i in range(n_layers):
-        layers += [nn.Linear(in_dim if i == 0 else hidden, hidden), nn.ReLU()]
-    layers.append(nn.Linear(hidden if n_layers else in_dim, out_dim))
-    return nn.Sequential(*layers)
-
-
-class Actor(nn.Module):
+# ============================================================================ networks (shared/data/sac.py)
+class Actor(sac_lib.Actor):
     """tanh-squashed Gaussian on the controller features of a 31-dim (29 observation + 2 goal) input."""
 
     def __init__(self, hidden: int, n_layers: int, dist_clip: float) -> None:
-        super().__init__()
+        super().__init__(ant.FEATURE_DIM, ant.ACT_DIM, hidden, n_layers)
         self.dist_clip = dist_clip
-        self.net = mlp(ant.FEATURE_DIM, 2 * ant.ACT_DIM, hidden, n_layers)
 
     def features(self, obs: torch.Tensor) -> torch.Tensor:
         return ant.controller_features(obs[..., :ant.OBS_DIM], obs[..., ant.OBS_DIM:ant.OBS_DIM + 2], self.dist_clip)
 
-    def dist(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, raw = self.net(feats).chunk(2, -1)
-        log_std = LOG_STD_MIN + 0.5 * (LOG_STD_MAX - LOG_STD_MIN) * (torch.tanh(raw) + 1.0)
-        return mean, log_std
 
-    def sample(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(action, log-probability) by the reparameterisation trick; randn from torch's (graph-safe) generator."""
-        mean, log_std = self.dist(feats)
-        std = log_std.exp()
-        u = mean + std * torch.randn_like(mean)
-        log_prob = (-0.5 * ((u - mean) / std).pow(2) - log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
-        # log |d tanh(u) / du| = 2 (log 2 - u - softplus(-2u)), the stable form
-        log_prob = log_prob - (2.0 * (math.log(2.0) - u - F.softplus(-2.0 * u))).sum(-1)
-        return torch.tanh(u), log_prob
-
-    def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        """The deterministic controller: tanh of the mean."""
-        return torch.tanh(self.dist(self.features(obs))[0])
-
-
-class TwinQ(nn.Module):
-    def __init__(self, hidden: int, n_layers: int) -> None:
-        super().__init__()
-        self.q1 = mlp(ant.FEATURE_DIM + ant.ACT_DIM, 1, hidden, n_layers)
-        self.q2 = mlp(ant.FEATURE_DIM + ant.ACT_DIM, 1, hidden, n_layers)
-
-    def forward(self, feats: torch.Tensor, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.cat([feats, a], -1)
-        return self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)
-
-
-class SAC(nn.Module):
+class SAC(sac_lib.SAC):
     def __init__(self, config: TrainConfig) -> None:
-        super().__init__()
-        self.actor = Actor(config.hidden_dim, config.n_layers, config.dist_clip)
-        self.qf = TwinQ(config.hidden_dim, config.n_layers)
-        self.qf_target = copy.deepcopy(self.qf).requires_grad_(False)
-        self.log_alpha = nn.Parameter(torch.full((1,), math.log(config.init_alpha)))
-
-
-# ============================================================================ replay
-class Replay:
-    """Fixed-capacity ring buffer on the training device, of controller features (not raw observations: the
-    features are computed once per transition when it is added, not twice per sampled row in every update).
-    ``add`` runs eagerly between steps; ``sample`` draws indices as floor(U * size) with ``size`` a device tensor,
-    so a captured step samples the growing buffer with no host sync and no re-capture."""
-
-    def __init__(self, capacity: int, feat_dim: int, act_dim: int, device: torch.device) -> None:
-        self.capacity, self.device, self.ptr, self.n = capacity, device, 0, 0
-        z = functools.partial(torch.zeros, device=device)
-        self.feat, self.next_feat = z(capacity, feat_dim), z(capacity, feat_dim)
-        self.act, self.rew, self.done = z(capacity, act_dim), z(capacity), z(capacity)
-        self.size = z(())
-
-    def add(self, feat, act, rew, next_feat, done) -> None:
-        """One row per env: tensors or arrays of [k, feat_dim], [k, act_dim], [k], [k, feat_dim], [k]."""
-        k = len(feat)
-        idx = torch.as_tensor((self.ptr + np.arange(k)) % self.capacity, device=self.device)
-        for buf, value in ((self.feat, feat), (self.act, act), (self.rew, rew), (self.next_feat, next_feat),
-                           (self.done, done)):
-            buf.index_copy_(0, idx, torch.as_tensor(value, dtype=torch.float32, device=self.device))
-        self.ptr = int((self.ptr + k) % self.capacity)
-        self.n = min(self.n + k, self.capacity)
-        self.size.fill_(float(self.n))
-
-    def sample(self, batch_size: int) -> dict:
-        idx = (torch.rand(batch_size, device=self.device) * self.size).long().clamp_(max=self.capacity - 1)
-        return {"feat": self.feat[idx], "act": self.act[idx], "rew": self.rew[idx], "next_feat": self.next_feat[idx],
-                "done": self.done[idx]}
-
-
-# ============================================================================ the update
-def update(sac: SAC, opts: dict, batch: dict, config: TrainConfig) -> dict:
-    """One SAC gradient step: twin-Q TD to r + discount * (min Q_target(s', a') - alpha log pi(a'|s')), the actor to
-    max min Q(s, a) - alpha log pi(a|s) (through frozen critics), the temperature towards ``target_entropy``; one
-    backward for the three disjoint parameter sets, then the Polyak update. Stats are tensors: no host sync, so the
-    step can be captured as a CUDA graph."""
-    actor, qf = sac.actor, sac.qf
-    feats, next_feats = batch["feat"], batch["next_feat"]
-    alpha = sac.log_alpha.exp().detach()
-    with torch.no_grad():
-        next_a, next_logp = actor.sample(next_feats)
-        tq1, tq2 = sac.qf_target(next_feats, next_a)
-        target = batch["rew"] + config.discount * (1.0 - batch["done"]) * (torch.minimum(tq1, tq2) - alpha * next_logp)
-    q1, q2 = qf(feats, batch["act"])
-    q_loss = 0.5 * ((q1 - target).pow(2) + (q2 - target).pow(2)).mean()
-    qf.requires_grad_(False)  # the actor's loss reaches the critics' input, not their weights
-    a, logp = actor.sample(feats)
-    pq1, pq2 = qf(feats, a)
-    qf.requires_grad_(True)
-    actor_loss = (alpha * logp - torch.minimum(pq1, pq2)).mean()
-    alpha_loss = -(sac.log_alpha * (logp.detach() + config.target_entropy)).mean()
-    loss = q_loss + actor_loss + alpha_loss
-    for opt in opts.values():
-        opt.zero_grad(set_to_none=True)
-    loss.backward()
-    for opt in opts.values():
-        opt.step()
-    with torch.no_grad():  # one multi-tensor kernel rather than one per parameter
-        torch._foreach_lerp_(list(sac.qf_target.parameters()), list(qf.parameters()), config.tau)
-    return {"train/loss": loss.detach(), "sac/q_loss": q_loss.detach(), "sac/actor_loss": actor_loss.detach(),
-            "sac/alpha": alpha[0], "sac/entropy": -logp.detach().mean(), "sac/q_mean": q1.detach().mean()}
-
-
-def make_optimizers(sac: SAC, config: TrainConfig, graphs: bool) -> dict:
-    return {"critic": make_optimizer(sac.qf.parameters(), config.critic_lr, "adam", graphs),
-            "actor": make_optimizer(sac.actor.parameters(), config.actor_lr, "adam", graphs),
-            "alpha": make_optimizer([sac.log_alpha], config.alpha_lr, "adam", graphs)}
+        super().__init__(Actor(config.hidden_dim, config.n_layers, config.dist_clip),
+                         TwinQ(ant.FEATURE_DIM, ant.ACT_DIM, config.hidden_dim, config.n_layers), config.init_alpha)
 
 
 # ============================================================================ the controller (for the data generator)
@@ -280,15 +166,6 @@ def load_controller(path: str, device: str = "cpu") -> Controller:
 
 
 # ============================================================================ envs and evaluation
-def make_vector(fns: list, kind: str) -> gymnasium.vector.VectorEnv:
-    """N envs with same-step autoreset (the returned observation of an ended env is its next episode's first, the
-    last one in info["final_obs"])."""
-    mode = gymnasium.vector.AutoresetMode.SAME_STEP
-    if kind == "async":  # spawn: the parent may hold CUDA, which forked children must not inherit
-        return gymnasium.vector.AsyncVectorEnv(fns, autoreset_mode=mode, context="spawn")
-    return gymnasium.vector.SyncVectorEnv(fns, autoreset_mode=mode)
-
-
 def arena_fn(config: TrainConfig, continuing: bool) -> Callable[[], gymnasium.Env]:
     kwargs = dict(continuing=continuing, goal_min=config.goal_min, goal_max=config.goal_max,
                   goal_radius=config.goal_radius, goal_timeout=config.goal_timeout,
@@ -380,79 +257,31 @@ def train(config: TrainConfig) -> dict:
     envs = make_vector([arena_fn(config, True)] * config.num_envs, config.vector_env)  # before any CUDA use
     eval_envs = make_vector([arena_fn(config, False)] * config.num_eval_envs, config.vector_env)
     device = resolve_device(config.device)
-    graphs = use_graphs(config.compile, device)
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    sac = SAC(config).to(device)
-    opts = make_optimizers(sac, config, graphs)
-    replay = Replay(min(config.buffer_size, config.env_steps), ant.FEATURE_DIM, ant.ACT_DIM, device)
-    step = make_step(lambda batch: update(sac, opts, batch, config), lambda: replay.sample(config.batch_size),
-                     list(opts.values()), graph=graphs)
-
-    def sample_action(obs: torch.Tensor) -> torch.Tensor:
-        return sac.actor.sample(sac.actor.features(obs))[0]
-
-    explore = captured(sample_action, graphs)
-    featurize = captured(lambda obs: sac.actor.features(obs), graphs)  # obs and next obs of every env: one launch
-    greedy = captured(lambda obs: sac.actor(obs), graphs)
+    learner = Learner(SAC(config), config, ant.FEATURE_DIM, ant.ACT_DIM, device)
+    sac, opts = learner.sac, learner.opts
 
     def act_greedy(obs: np.ndarray, goal: np.ndarray) -> np.ndarray:
-        x = torch.as_tensor(np.concatenate([obs, goal], -1), dtype=torch.float32, device=device)
-        with torch.no_grad():
-            return greedy(x).clamp(-1, 1).cpu().numpy()
+        return learner.act_greedy(np.concatenate([obs, goal], -1))
 
     n = config.num_envs
     vec_steps = -(-config.env_steps // n)
-    updates_per_vec = config.utd * n
     print(f"[ant_controller] SAC on {device_name(device)}: {n} {config.vector_env} envs, {vec_steps * n:,} env "
-          f"steps, {updates_per_vec:g} updates per vector step (batch {config.batch_size}), graphs={graphs}",
+          f"steps, {config.utd * n:g} updates per vector step (batch {config.batch_size}), graphs={learner.graphs}",
           flush=True)
-    rng = np.random.default_rng(config.seed)
     obs, _ = envs.reset(seed=config.seed)
     ep_ret, ep_len = np.zeros(n), np.zeros(n, int)
     window: dict = {"returns": [], "goals": [], "lengths": [], "flips": 0}
     curve: list[dict] = []
     evals: list[dict] = []
-    stats: Optional[dict] = None
-    updates, update_credit = 0, 0.0
     t0 = time.time()
-    env_time = 0.0
     last_print = time.time()
     bar = tqdm(total=vec_steps * n, desc="ant_controller", unit="step", dynamic_ncols=True,
                disable=not sys.stderr.isatty())
     for it in range(vec_steps):
         env_steps = it * n
         learning = env_steps >= config.learning_starts
-        if learning:
-            with torch.no_grad():
-                actions = explore(torch.as_tensor(obs, device=device)).clamp(-1, 1).cpu().numpy()
-        else:
-            actions = rng.uniform(-1.0, 1.0, (n, ant.ACT_DIM)).astype(np.float32)
-        te = time.time()
-        overlap = hasattr(envs, "step_async")  # AsyncVectorEnv: the workers step while the GPU updates
-        if overlap:
-            envs.step_async(actions)
-        else:
-            next_obs, rew, term, trunc, info = envs.step(actions)
-        env_time += time.time() - te
-        if learning:
-            update_credit += updates_per_vec
-            while update_credit >= 1.0:
-                stats = step(updates)
-                updates += 1
-                update_credit -= 1.0
-        if overlap:
-            te = time.time()
-            next_obs, rew, term, trunc, info = envs.step_wait()
-            env_time += time.time() - te
-        real_next = next_obs.copy()
+        _, next_obs, rew, term, trunc, info = learner.collect(envs, obs, learning)
         ended = term | trunc
-        for i in np.flatnonzero(ended):
-            real_next[i] = info["final_obs"][i]
-        with torch.no_grad():
-            feats = featurize(torch.as_tensor(np.concatenate([obs, real_next]), device=device))
-        replay.add(feats[:n], actions, rew, feats[n:], term.astype(np.float32))
         obs = next_obs
         ep_ret += rew
         ep_len += 1
@@ -466,7 +295,7 @@ def train(config: TrainConfig) -> dict:
         done_steps = (it + 1) * n
         crossed = lambda every: every and done_steps // every > env_steps // every  # noqa: E731
         if crossed(config.log_every) or it == vec_steps - 1:
-            entry = {"env_steps": done_steps, "updates": updates, "wall_s": round(time.time() - t0, 1),
+            entry = {"env_steps": done_steps, "updates": learner.updates, "wall_s": round(time.time() - t0, 1),
                      "env_steps_per_s": round(done_steps / max(time.time() - t0, 1e-9), 1),
                      "episodes": len(window["returns"])}
             if window["returns"]:
@@ -475,24 +304,23 @@ def train(config: TrainConfig) -> dict:
                              goals_per_episode=float(np.mean(window["goals"])),
                              goals_per_100_steps=float(100 * np.sum(window["goals"]) / max(1, lengths.sum())),
                              flips=window["flips"])
-            if stats is not None:
-                entry.update({k.split("/")[-1]: float(v) for k, v in stats.items()})
+            entry.update(learner.stats_dict())
             curve.append(entry)
             window = {"returns": [], "goals": [], "lengths": [], "flips": 0}
             bar.set_postfix({k: f"{entry[k]:.3g}" for k in ("return_mean", "goals_per_100_steps") if k in entry})
         if bar.disable and time.time() - last_print > 30:
             last = curve[-1] if curve else {}
-            print(f"[ant_controller] {done_steps:,}/{vec_steps * n:,} env steps, {updates:,} updates, "
+            print(f"[ant_controller] {done_steps:,}/{vec_steps * n:,} env steps, {learner.updates:,} updates, "
                   f"{done_steps / (time.time() - t0):.0f} steps/s, return {last.get('return_mean', float('nan')):.1f},"
                   f" goals/100 steps {last.get('goals_per_100_steps', float('nan')):.2f}", flush=True)
             last_print = time.time()
         if crossed(config.checkpoint_every) and it < vec_steps - 1:
             save_checkpoint(Path(config.out_dir), done_steps, {
                 "sac": sac.state_dict(), "optimizers": {k: o.state_dict() for k, o in opts.items()},
-                "updates": updates, "config": asdict(config)})
+                "updates": learner.updates, "config": asdict(config)})
             # the weights so far, where the final ones will go: a run stopped early still leaves a controller
             save_controller(config.controller_path, sac.actor, config,
-                            {"env_steps": done_steps, "updates": updates, "final": False})
+                            {"env_steps": done_steps, "updates": learner.updates, "final": False})
         if crossed(config.eval_every) and learning and it < vec_steps - 1:
             res = evaluate_arena(act_greedy, config, config.eval_episodes_during, eval_envs)
             evals.append({"env_steps": done_steps, **res})
@@ -506,12 +334,12 @@ def train(config: TrainConfig) -> dict:
     print(f"[ant_controller] arena success {final['success_rate']:.3f} over {final['episodes']} episodes "
           f"(targets {config.goal_min:g}-{config.goal_max:g} m, radius {config.goal_radius}, "
           f"{config.eval_max_steps} steps)", flush=True)
-    info = {"env_steps": vec_steps * n, "updates": updates, "train_wall_s": round(train_wall, 1),
+    info = {"env_steps": vec_steps * n, "updates": learner.updates, "train_wall_s": round(train_wall, 1),
             "arena_success_rate": final["success_rate"], "final": True}
     save_controller(config.controller_path, sac.actor, config, info)
     mazes = evaluate_mazes(act_greedy, config) if config.maze_eval_episodes > 0 else {}
     result = {"config": asdict(config), "device": device_name(device), "train_wall_s": round(train_wall, 1),
-              "env_wait_s": round(env_time, 1), "env_steps": vec_steps * n, "updates": updates,
+              "env_wait_s": round(learner.env_time, 1), "env_steps": vec_steps * n, "updates": learner.updates,
               "env_steps_per_s": round(vec_steps * n / train_wall, 1), "curve": curve, "evals": evals,
               "arena": final, "mazes": mazes, "controller_path": config.controller_path,
               "wall_s": round(time.time() - t0, 1)}
