@@ -195,7 +195,7 @@ def training_stages(config: TrainConfig, data: BCData, actor: Actor, device: tor
                          lambda: data.buffer.sample(config.batch_size), [optimizer], graph=graphs)
 
     def checkpoint() -> dict:
-        return {"actor": actor.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(),
+        return {"model": actor.state_dict(), "optimizer": optimizer.state_dict(), "rng": rng_state(),
                 "config": vars(config).copy(), "obs_norm": data.obs_norm.state_dict()}
 
     return [Stage("train", config.steps, begin)], checkpoint
@@ -241,7 +241,7 @@ def main(config: TrainConfig) -> dict:
     actor = Actor(data.in_dim, data.act_dim, config.hidden_dim, config.n_layers, config.dropout,
                   config.policy).to(device)
     if state is not None:
-        actor.load_state_dict(state["actor"])
+        actor.load_state_dict(state["model"])  # the same key as the other algorithms
     step, elapsed = resume_point(state, algo, run_dir)
     print(f"[{algo}] {sum(p.numel() for p in actor.parameters()) / 1e6:.2f}M parameters on {device_name(device)}")
     logger = Logger(config, algo, run_dir, config.wandb_mode, config.project)

@@ -76,7 +76,7 @@ class TrainConfig:
     value_guidance: bool = False  # train a value function on noisy trajectories and guide sampling with it
     # --- training
     batch_size: int = 256  # trajectories per step
-    train_steps: int = 30_000  # optimiser steps (Diffuser: 2e6 mazes / 1e6 locomotion at batch 32 x 2)
+    steps: int = 30_000  # optimiser steps (Diffuser: 2e6 mazes / 1e6 locomotion at batch 32 x 2)
     lr: float = 2e-4  # Adam learning rate (denoiser and value function)
     grad_clip: float = 1.0  # gradient norm clip per network (0: off; Diffuser: none)
     ema_decay: float = 0.995  # EMA of the weights used for planning
@@ -454,7 +454,7 @@ def update(model: Diffuser, optimizer: torch.optim.Optimizer, batch: dict, confi
 
 def training_stages(config: TrainConfig, data: TrajectoryData, model: Diffuser, ema: EMA, device: torch.device,
                     saved: Optional[dict] = None) -> tuple[list[Stage], Callable[[], dict]]:
-    """One stage of ``config.train_steps`` updates (EMA every ema_every steps) for shared.training.train_loop, and
+    """One stage of ``config.steps`` updates (EMA every ema_every steps) for shared.training.train_loop, and
     the checkpoint contents."""
     graphs = use_graphs(config.compile, device)
     extra = {"foreach": True} if device.type == "cpu" else {}  # CPU: one multi-tensor update for the many U-Net tensors
@@ -476,7 +476,7 @@ def training_stages(config: TrainConfig, data: TrajectoryData, model: Diffuser, 
                 "rng": rng_state(), "config": vars(config).copy(), "x_norm": data.x_norm.state_dict(),
                 "value_stats": list(data.value_stats)}
 
-    return [Stage("train", config.train_steps, begin, after_step)], checkpoint
+    return [Stage("train", config.steps, begin, after_step)], checkpoint
 
 
 def resume(config: TrainConfig, data: TrajectoryData, model: Diffuser, ema: EMA, run_dir: Path,

@@ -90,7 +90,7 @@ def _config_error_line(exc: Exception, config_class: type) -> str:
 # Valid ranges of the fields the algorithms share (a field a config does not have is skipped); None = unset is fine.
 _RANGES: dict[str, tuple[Callable[[float], bool], str]] = {}
 for _names, _rule in [
-    (("batch_size", "steps", "train_steps", "horizon", "patch", "seq_len", "episode_len", "codebook_size", "code_dim",
+    (("batch_size", "steps", "horizon", "patch", "seq_len", "episode_len", "codebook_size", "code_dim",
       "ae_channels", "ae_blocks", "d_model", "n_layers", "n_heads", "hidden_dim", "embedding_dim", "dim", "kernel_size",
       "n_diffusion_steps", "n_plans", "ema_every", "num_eval_envs", "eval_episodes", "log_every",
       "checkpoint_every", "action_horizon", "dataset_size", "lr", "e2e_lr", "actor_lr", "qf_lr",

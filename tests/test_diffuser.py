@@ -126,7 +126,7 @@ def test_tiny_run_learns_and_beats_random(data_dir, tmp_path):
 def test_resume_after_interruption_matches_uninterrupted_run(data_dir, tmp_path, monkeypatch):
     """Interrupt training after step 13 (checkpoint at 10), resume: the weights at the end equal those of a run
     that was never interrupted (CPU is deterministic), so resuming continues from the checkpoint exactly."""
-    overrides = dict(horizon=16, dim_mults=[1, 2], batch_size=8, train_steps=20, checkpoint_every=10, log_every=5,
+    overrides = dict(horizon=16, dim_mults=[1, 2], batch_size=8, steps=20, checkpoint_every=10, log_every=5,
                      ema_every=2, ema_start=4)
     device = torch.device("cpu")
 
@@ -169,7 +169,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(data_dir, tmp_path,
 
 
 def test_nan_loss_names_the_last_good_checkpoint(data_dir, tmp_path, monkeypatch):
-    cfg = tiny_config(tmp_path, horizon=16, dim_mults=[1, 2], batch_size=8, train_steps=20, checkpoint_every=5,
+    cfg = tiny_config(tmp_path, horizon=16, dim_mults=[1, 2], batch_size=8, steps=20, checkpoint_every=5,
                       log_every=5)
     data = D.load_data(cfg, torch.device("cpu"))
     model = D.Diffuser(cfg, data.obs_dim, data.act_dim)

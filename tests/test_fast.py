@@ -140,7 +140,7 @@ TINY = dict(task="maze2d-umaze", dataset_size=30_000, bf16=False, device="cuda",
 def _one_stage_losses(algo: str, compile: bool) -> list[float]:
     """40 steps of a baseline's only stage through its training_stages, from seed 0."""
     mod, device = {"bc": bc, "iql": iql, "dt": dt, "diffuser": diffuser}[algo], torch.device("cuda")
-    steps = {"diffuser": dict(train_steps=40, horizon=32, dim=16, n_diffusion_steps=20, ema_every=2, ema_start=4)}
+    steps = {"diffuser": dict(steps=40, horizon=32, dim=16, n_diffusion_steps=20, ema_every=2, ema_start=4)}
     config = mod.TrainConfig(**TINY, compile=compile, **steps.get(algo, dict(steps=40)))
     torch.manual_seed(0)
     data = mod.load_data(config, device)

@@ -210,7 +210,7 @@ TINY = {  # a few dozen steps each: the run must go end to end on Minari data, n
     "iql": dict(hidden_dim=32, steps=40, log_every=10),
     "dt": dict(embedding_dim=32, n_layers=1, n_heads=1, seq_len=5, batch_size=16, steps=30, warmup_steps=5,
                log_every=10),
-    "diffuser": dict(horizon=16, n_diffusion_steps=5, dim=8, dim_mults=[1, 2, 4], batch_size=16, train_steps=30,
+    "diffuser": dict(horizon=16, n_diffusion_steps=5, dim=8, dim_mults=[1, 2, 4], batch_size=16, steps=30,
                      log_every=10, ema_start=5),
     "mage": dict(horizon=8, scales=[1, 2, 4], codebook_size=16, code_dim=8, ae_channels=16, ae_blocks=1, d_model=32,
                  n_layers=1, n_heads=2, batch_size=16, ae_steps=20, tf_steps=20, e2e_steps=10, warmup_steps=5,
