@@ -33,7 +33,7 @@ from shared.buffer import Normalizer, SegmentBuffer, returns_to_go, split_trajec
 from shared.datasets import load_dataset  # noqa: E402
 from shared.evaluation import evaluate, require_evaluation  # noqa: E402
 from shared.logger import Logger, finish_run, prepare_run_dir  # noqa: E402
-from shared.tasks import get_task, goal_input  # noqa: E402
+from shared.tasks import get_task, goal_input, is_point_maze  # noqa: E402
 from shared.training import (  # noqa: E402
     Stage, captured, fused, load_optimizer, make_optimizer, make_step, resume_point, train_loop, use_graphs,
 )
@@ -151,7 +151,7 @@ def load_data(config: TrainConfig, device: torch.device) -> TrajectoryData:
     buffer = SegmentBuffer(fields, bounds, config.horizon, device)
     obs_dim, act_dim = obs.shape[1], actions.shape[1]
     rest_dims = rest_values = None
-    if config.pad_rest and with_goal and task.point_maze:
+    if config.pad_rest and with_goal and is_point_maze(task):
         rest = np.zeros(act_dim + obs_dim, bool)
         rest[:act_dim] = True  # actions
         rest[act_dim + 2:] = True  # velocities

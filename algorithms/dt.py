@@ -30,7 +30,7 @@ from shared.buffer import Normalizer, SegmentBuffer, goal_returns_to_go, returns
 from shared.datasets import load_dataset  # noqa: E402
 from shared.evaluation import evaluate, require_evaluation  # noqa: E402
 from shared.logger import Logger, finish_run, prepare_run_dir  # noqa: E402
-from shared.tasks import algo_inputs, get_task, goal_input  # noqa: E402
+from shared.tasks import algo_inputs, get_task, goal_input, goal_radius  # noqa: E402
 from shared.training import (  # noqa: E402
     Stage, captured, load_optimizer, make_optimizer, make_step, resume_point, train_loop, use_graphs,
 )
@@ -60,7 +60,7 @@ class TrainConfig:
     seq_len: int = 20  # K: time steps in the context (3K tokens)
     episode_len: int = 1000  # timestep embeddings cover max(episode_len, task episode length, longest trajectory)
     discount: float = 0.99  # with the goal: R_t = discount^(steps to the goal) (without: undiscounted RTG)
-    goal_radius: float = 0.45  # with the goal: distance at which the hindsight goal counts as reached
+    goal_radius: Optional[float] = None  # with the goal: where the hindsight goal counts as reached; None: the task's
     reward_scale: float = 0.001  # without the goal: returns-to-go are multiplied by this (with the goal: unused)
     # --- model
     embedding_dim: int = 128  # transformer width
@@ -116,7 +116,8 @@ def load_data(config: TrainConfig, device: torch.device, obs_norm: Optional[Norm
     fields = {"states": obs_norm.normalize(obs).astype(np.float32), "actions": actions, "timesteps": timesteps}
     if with_goal:
         goals = data["infos/goal"].astype(np.float32)
-        rtg = goal_returns_to_go(obs[:, :2], goals, bounds, radius=config.goal_radius, discount=config.discount)
+        radius = goal_radius(task) if config.goal_radius is None else config.goal_radius
+        rtg = goal_returns_to_go(obs[:, :2], goals, bounds, radius=radius, discount=config.discount)
         fields["goals"] = obs_norm.goal().normalize(goals).astype(np.float32)
     else:
         rtg = returns_to_go(data["rewards"], bounds, 1.0) * config.reward_scale

@@ -35,7 +35,7 @@ from shared.buffer import Normalizer, TransitionBuffer, returns_to_go, split_tra
 from shared.datasets import load_dataset  # noqa: E402
 from shared.evaluation import evaluate, require_evaluation  # noqa: E402
 from shared.logger import Logger, finish_run, prepare_run_dir  # noqa: E402
-from shared.tasks import algo_inputs, get_task, goal_input  # noqa: E402
+from shared.tasks import algo_inputs, get_task, goal_input, goal_radius  # noqa: E402
 from shared.training import (  # noqa: E402
     Stage, captured, load_optimizer, make_optimizer, make_step, resume_point, train_loop, use_graphs,
 )
@@ -64,7 +64,7 @@ class TrainConfig:
     goal_input: Optional[bool] = None  # give the networks the goal; None: the task's protocol (maze2d no, multi2d yes)
     normalize_reward: bool = False  # without the goal: rewards times 1000 / (max - min trajectory return) (locomotion)
     reward_bias: float = 0.0  # without the goal: added to every reward after scaling (antmaze: -1)
-    goal_radius: float = 0.45  # with the goal: relabelled reward is 1 within this distance of the goal
+    goal_radius: Optional[float] = None  # with the goal: reward 1 within this distance; None: the task's (0.45/0.5)
     p_data_goal: float = 1.0  # with the goal: share of samples whose goal is the trajectory's collection goal
     p_future_goal: float = 0.0  # with the goal: share whose goal is a later state of the same trajectory
     p_random_goal: float = 0.0  # with the goal: share whose goal is a random dataset state
@@ -104,6 +104,7 @@ class IQLData:
     act_dim: int
     goal_conditioned: bool  # whether the networks are given the goal (shared.tasks.goal_input)
     info: dict  # dataset source and recipe, for the results file
+    goal_radius: float  # config.goal_radius, or the task's (shared.tasks.goal_radius)
     # obs_norm.goal() with device tensors, made once: relabelling then copies nothing host -> device
     pos_norm: Normalizer = field(init=False)
 
@@ -147,7 +148,8 @@ def load_data(config: TrainConfig, device: torch.device, obs_norm: Optional[Norm
     buffer = TransitionBuffer(fields, bounds, device)
     print(f"[iql] {config.task}: {n:,} transitions, {len(bounds):,} trajectories, data = {info['source']}; "
           f"inputs: {algo_inputs(task, 'iql', config.goal_input)}")
-    return IQLData(buffer, obs_norm, obs.shape[1], actions.shape[1], with_goal, info)
+    radius = goal_radius(task) if config.goal_radius is None else config.goal_radius
+    return IQLData(buffer, obs_norm, obs.shape[1], actions.shape[1], with_goal, info, radius)
 
 
 def sample_batch(data: IQLData, config: TrainConfig) -> dict:
@@ -174,7 +176,7 @@ def sample_batch(data: IQLData, config: TrainConfig) -> dict:
     goal = torch.where((pick < p_data)[:, None], b["goal"],
                        torch.where((pick < p_data + p_future)[:, None], f["pos"][future], f["pos"][rand]))
     next_pos = data.pos_norm.unnormalize(s2[:, :2])
-    reached = (torch.linalg.norm(next_pos - goal, dim=-1) <= config.goal_radius).float()
+    reached = (torch.linalg.norm(next_pos - goal, dim=-1) <= data.goal_radius).float()
     g = data.pos_norm.normalize(goal)
     valid = 1.0 - (b["is_last"].float() * (1.0 - reached))
     return {"x": torch.cat([s, g], 1), "x2": torch.cat([s2, g], 1), "a": b["actions"], "r": reached - 1.0,

@@ -28,7 +28,7 @@ from shared.buffer import Normalizer, SegmentBuffer, goal_returns_to_go, returns
 from shared.datasets import load_dataset  # noqa: E402
 from shared.evaluation import evaluate, require_evaluation  # noqa: E402
 from shared.logger import Logger, finish_run, prepare_run_dir  # noqa: E402
-from shared.tasks import get_task, goal_radius  # noqa: E402
+from shared.tasks import get_task, goal_radius, is_point_maze  # noqa: E402
 from shared.training import (  # noqa: E402
     Stage, captured, fused, load_optimizer, make_step, resume_point, train_loop, use_graphs,
 )
@@ -173,7 +173,7 @@ def load_data(config: TrainConfig, device: torch.device) -> TrajectoryData:
     print(f"[mage] {config.task}: {len(obs):,} transitions, {buffer.num_trajectories:,} trajectories, "
           f"data = {info['source']}")
     rest = None  # (choice) point-maze states are (x, y, vx, vy): resting = zero velocity; others hold the arrival state
-    if task.point_maze:
+    if is_point_maze(task):
         rest = torch.as_tensor(obs_norm.normalize(np.zeros((1, obs.shape[1]), np.float32))[0, 2:], device=device)
     return TrajectoryData(buffer, obs_norm, obs.shape[1], actions.shape[1], cond.shape[1],
                           task.goal_conditioned, info, rest)

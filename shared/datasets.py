@@ -226,12 +226,6 @@ def library_versions() -> Dict[str, str]:
     return {"gymnasium": gymnasium.__version__, "gymnasium_robotics": version, "mujoco": mujoco.__version__}
 
 
-def _remove_orphaned_temp_files(path: Path) -> None:
-    from shared.utils import remove_orphaned_temp_files  # here: shared.utils imports torch, which spawned workers skip
-
-    remove_orphaned_temp_files(path)
-
-
 def _write_atomic(path: Path, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> None:
     """Write the HDF5 file through ``shared.utils.atomic_write``: readers never see a half-written file."""
     from shared.utils import atomic_write  # here: shared.utils imports torch, which spawned workers skip

@@ -10,6 +10,7 @@ original D4RL names (``maze2d-umaze-v1``, ``hopper-medium-v2``, ...) resolve to 
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Tuple
@@ -64,13 +65,6 @@ class Task:
     def data_name(self) -> str:
         return self.dataset_task or self.name
 
-    @property
-    def point_maze(self) -> bool:
-        """A point-mass maze (maze2d-*, multi2d-*, D4RL's maze2d-*-v1, Minari's pointmaze): states (x, y, vx, vy)."""
-        if self.source == "minari":
-            return "pointmaze" in self.env_id.split("/")[:-1]
-        return self.name.startswith(("maze2d-", "multi2d-"))
-
 
 # D4RL maze2d v1 layouts are gymnasium-robotics' U_MAZE / MEDIUM_MAZE / LARGE_MAZE; eval goals are D4RL's 'G' cells.
 _MAZES = {
@@ -116,8 +110,6 @@ LOCOMOTION_DIR = Path(__file__).parent / "data" / "locomotion"  # the committed 
 
 def locomotion_dir(env: str) -> Path:
     """Where an env's committed SAC policies live (MAGE_LOCOMOTION_DIR/<env> overrides it: tests, other runs)."""
-    import os
-
     return Path(os.environ.get("MAGE_LOCOMOTION_DIR") or LOCOMOTION_DIR) / env
 
 
@@ -168,8 +160,12 @@ for _name, _steps in {"umaze": 300, "medium": 600, "large": 800}.items():
 MINARI_PREFIX = "minari:"
 
 
+def _minari_pointmaze(dataset_id: str) -> bool:
+    return "pointmaze" in dataset_id.split("/")[:-1]
+
+
 def _minari_task(name: str, dataset_id: str, steps: int = 1000) -> Task:
-    goal = "pointmaze" in dataset_id.split("/")[:-1]  # PointMaze: goal-conditioned (see above)
+    goal = _minari_pointmaze(dataset_id)  # PointMaze: goal-conditioned (see above)
     return Task(name=name, source="minari", env_id=dataset_id, max_episode_steps=steps,
                 goal_mode="random" if goal else "none")
 
@@ -190,6 +186,13 @@ def goal_radius(task: Task) -> float:
 def is_antmaze(task: Task) -> bool:
     """An embedded AntMaze task (the ant in shared/data/ant.py, not the point mass of shared/mazes.py)."""
     return task.source == "embedded" and task.name.startswith("antmaze")
+
+
+def is_point_maze(task: Task) -> bool:
+    """A point-mass maze (maze2d-*, multi2d-*, D4RL's maze2d-*-v1, Minari's pointmaze): states (x, y, vx, vy)."""
+    if task.source == "minari":
+        return _minari_pointmaze(task.env_id)
+    return task.name.startswith(("maze2d-", "multi2d-"))
 
 
 def is_locomotion(task: Task) -> bool:

@@ -13,6 +13,8 @@ import torch
 
 from shared.data import ant
 from shared.data import ant_controller as ac
+from shared.data import sac as sac_lib
+from shared.training import make_step
 
 
 @pytest.fixture(scope="module")
@@ -206,9 +208,9 @@ def test_sac_updates_fit_the_critic_on_a_fixed_batch(tmp_path):
              for k, v in zip(("obs", "act", "rew", "next_obs", "done"), zip(*rows))}
     sac = ac.SAC(config)
     batch["feat"], batch["next_feat"] = sac.actor.features(batch.pop("obs")), sac.actor.features(batch.pop("next_obs"))
-    opts = ac.make_optimizers(sac, config, False)
+    opts = sac_lib.make_optimizers(sac, config, False)
     before = [p.detach().clone() for p in sac.actor.parameters()]
-    losses = [float(ac.update(sac, opts, batch, config)["sac/q_loss"]) for _ in range(150)]
+    losses = [float(sac_lib.update(sac, opts, batch, config)["sac/q_loss"]) for _ in range(150)]
     assert all(math.isfinite(v) for v in losses)
     assert np.mean(losses[-10:]) < 0.3 * np.mean(losses[:5]), (losses[:5], losses[-10:])
     assert any(not torch.equal(a, b) for a, b in zip(before, sac.actor.parameters()))  # the actor learns too
@@ -217,7 +219,7 @@ def test_sac_updates_fit_the_critic_on_a_fixed_batch(tmp_path):
 
 
 def test_replay_samples_only_filled_rows():
-    replay = ac.Replay(10, 30, 8, torch.device("cpu"))
+    replay = sac_lib.Replay(10, 30, 8, torch.device("cpu"))
     replay.add(np.ones((3, 30)), np.zeros((3, 8)), np.arange(3), np.ones((3, 30)), np.zeros(3))
     sample = replay.sample(500)
     assert set(sample["rew"].tolist()) == {0.0, 1.0, 2.0}
@@ -261,15 +263,15 @@ def test_captured_update_learns_on_cuda(tmp_path):
     device = torch.device("cuda")
     torch.manual_seed(0)
     sac = ac.SAC(config).to(device)
-    opts = ac.make_optimizers(sac, config, True)
-    replay = ac.Replay(256, ant.FEATURE_DIM, 8, device)
+    opts = sac_lib.make_optimizers(sac, config, True)
+    replay = sac_lib.Replay(256, ant.FEATURE_DIM, 8, device)
     rng = np.random.default_rng(0)
     obs = np.concatenate([rng.normal(0, 0.3, (256, 29)), rng.normal(0, 3, (256, 2))], 1)
     obs[:, 2] += 0.6
     obs[:, 3] += 1.0
     feats = sac.actor.features(torch.as_tensor(obs, dtype=torch.float32, device=device)).detach()
     replay.add(feats, rng.uniform(-1, 1, (256, 8)), rng.normal(0, 1, 256), feats.roll(1, 0), np.zeros(256))
-    step = ac.make_step(lambda b: ac.update(sac, opts, b, config), lambda: replay.sample(128), list(opts.values()),
+    step = make_step(lambda b: sac_lib.update(sac, opts, b, config), lambda: replay.sample(128), list(opts.values()),
                         graph=True)
     losses = [float(step(i)["sac/q_loss"]) for i in range(300)]
     assert all(math.isfinite(v) for v in losses)

@@ -4,15 +4,12 @@ Every case runs ``python algorithms/bc.py ...`` as a real subprocess, as a user 
 time (each is mostly interpreter start-up). More config and dataset cases are checked in-process below (cheap)."""
 
 import importlib.util
-import os
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import load_algorithm, write_d4rl_hdf5
+from conftest import load_algorithm, run_as_a_user, write_d4rl_hdf5
 
 from shared.datasets import DatasetError, load_dataset
 from shared.utils import parse_config
@@ -71,13 +68,9 @@ def outcomes(tmp_path_factory, data_dir):
     args = {case: a for case, a in args.items() if case in EXPECTED}
     assert args.keys() == EXPECTED.keys()
     # no GPU in any case (so --device cuda fails the same way on a GPU machine); never generate outside the cache
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "MAGE_DATA_DIR": str(data_dir), "WANDB_MODE": "disabled",
-           "OMP_NUM_THREADS": "1"}
 
     def run(case):
-        cmd = [sys.executable, "algorithms/bc.py", *args[case], "--out_dir", str(tmp / "runs" / case)]
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
-        return case, (proc.returncode, proc.stderr)
+        return case, run_as_a_user(["algorithms/bc.py", *args[case], "--out_dir", tmp / "runs" / case], data_dir)
 
     with ThreadPoolExecutor(max_workers=3) as pool:
         return dict(pool.map(run, EXPECTED))

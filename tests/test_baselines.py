@@ -119,7 +119,7 @@ def test_iql_goal_relabelling_rewards_reaching_the_goal():
     # done exactly where the next position (un-normalised) lies within goal_radius of the (relabelled) goal
     std = torch.as_tensor(data.obs_norm.std[:2])
     dist = ((batch["x2"][:, :2] - batch["x2"][:, -2:]) * std).norm(dim=-1)
-    assert ((dist <= config.goal_radius) == batch["done"].bool()).float().mean() > 0.999
+    assert ((dist <= data.goal_radius) == batch["done"].bool()).float().mean() > 0.999
 
 
 @pytest.mark.parametrize("algo", ["bc", "iql", "dt"])

@@ -322,7 +322,7 @@ def test_two_runs_in_one_folder_do_not_overwrite_each_other(data_dir, tmp_path):
 def test_only_orphaned_temp_files_are_removed(tmp_path):
     import socket
 
-    from shared import datasets
+    from shared.utils import remove_orphaned_temp_files
 
     out, host = tmp_path / "d.hdf5", socket.gethostname()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -332,5 +332,5 @@ def test_only_orphaned_temp_files_are_removed(tmp_path):
     other_host = tmp_path / f".d.hdf5.elsewhere-{dead.pid}.abc.tmp"
     for p in (orphan, live, other_host):
         p.write_bytes(b"partial")
-    datasets._remove_orphaned_temp_files(out)
+    remove_orphaned_temp_files(out)
     assert not orphan.exists() and live.exists() and other_host.exists()

@@ -4,9 +4,9 @@ policy that walks the maze planner's waypoints when the antmaze datasets are gen
 Input: the heading-invariant features of ``ant.controller_features`` (proprioception with the yaw taken out, the
 goal's direction and clipped distance in the torso's heading frame); output: the 8 joint torques in [-1, 1].
 Training: N arena envs stepped in parallel (gymnasium's AsyncVectorEnv, one process each; SyncVectorEnv for tests),
-a replay buffer on the training device, and one ``update`` per gradient step (twin Q, tanh-Gaussian actor,
-learned temperature) that obeys shared/training.py's capture rules, so on CUDA it runs as one CUDA graph replay
-(``make_step``); the env workers step while the GPU updates.
+a replay buffer on the training device, and one ``update`` (shared/data/sac.py) per gradient step (twin Q,
+tanh-Gaussian actor, learned temperature) that obeys shared/training.py's capture rules, so on CUDA it runs as one
+CUDA graph replay (``make_step``); the env workers step while the GPU updates.
 Writes: ``controller_path`` (the actor's weights, ~0.3 MB, read by ``load_controller``), ``results_path`` (JSON: the
 training curve, arena success on random 2-4 m targets, success following the planner's waypoints across each maze)
 and checkpoints under ``out_dir``.
@@ -31,8 +31,7 @@ from tqdm import tqdm
 
 from shared.data import ant
 from shared.data import sac as sac_lib
-from shared.data.sac import Learner, Replay, TwinQ, make_optimizers, make_vector, mlp, update  # noqa: F401 (API)
-from shared.training import make_step  # noqa: F401 (tests capture ``update`` through it)
+from shared.data.sac import Learner, TwinQ, make_vector
 from shared.utils import RunError, atomic_write_bytes, atomic_write_json, device_name, resolve_device, run_main
 from shared.utils import save_checkpoint, set_seed
 
