@@ -60,7 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from shared.buffer import Normalizer, SegmentBuffer, TransitionBuffer  # noqa: E402
-from shared.tasks import get_task  # noqa: E402
+from shared.tasks import get_task, goal_radius  # noqa: E402
 from shared.training import CapturedStep  # noqa: E402
 from shared.utils import device_name, git_commit, load_script, resolve_device, set_seed  # noqa: E402
 
@@ -314,6 +314,7 @@ class Bench:
         self.algo, self.config, self.device = algo, config, device
         self.mod = load_algorithm(algo)
         self.episode_len = get_task(task).max_episode_steps
+        self.goal_radius = goal_radius(get_task(task))
         horizon = {"mage": "horizon", "dt": "seq_len", "diffuser": "horizon"}.get(algo)
         length = max(200, 2 * getattr(config, horizon)) if horizon else 400
         arrays, bounds = fake_trajectories(8 if quick else 32, length)
@@ -371,7 +372,7 @@ class Bench:
         fields = {"observations": a["obs"], "actions": a["actions"], "index": np.arange(n, dtype=np.int64),
                   "pos": a["obs"][:, :2].copy(), "goal": a["goals"], "traj_last": traj_last}
         buffer = TransitionBuffer(fields, bounds, dev)
-        self.data = m.IQLData(buffer, identity_norm(OBS_DIM), OBS_DIM, ACT_DIM, True, {})
+        self.data = m.IQLData(buffer, identity_norm(OBS_DIM), OBS_DIM, ACT_DIM, True, {}, self.goal_radius)
         self.model = m.IQL(c, OBS_DIM + GOAL_DIM, ACT_DIM).to(dev)
         self.stages = lambda: m.training_stages(c, self.data, self.model, dev)
         self.make_policy = lambda: m.IQLPolicy(self.model, self.data, c, dev)
