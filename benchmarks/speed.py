@@ -486,7 +486,8 @@ class Bench:
 
 def kernel_profile(step: Callable[[int], int], i: int, n: int, device: torch.device) -> tuple[int, dict]:
     """torch.profiler over n steps: GPU kernel time and kernels per step, and the heaviest kernels. The kernel time of
-    an eager step is the floor under its captured replay, which removes launch overhead only."""
+    an eager step is the floor under its captured replay (which removes launch overhead only); the profile of a
+    replayed (and inductor-fused) step says what that setting leaves."""
     from torch.profiler import ProfilerActivity, profile
 
     sync(device)
@@ -545,7 +546,7 @@ def measure(algo: str, setting: Setting, args, device: torch.device, budget: Bud
             return {"error": error_text(exc)}
         entry: dict[str, Any] = {"config": describe(algo, config), "params_m": n_params(bench.model)}
         try:  # training and acting fail independently (e.g. a capture that fails in one of them)
-            entry["training"] = bench.training(budget, args.profile_steps if not setting.compile else 0)
+            entry["training"] = bench.training(budget, args.profile_steps)
         except Exception as exc:
             traceback.print_exc()
             entry["training"] = {"error": error_text(exc)}
@@ -832,8 +833,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
     p.add_argument("--algos", default=",".join(ALGOS), help="comma-separated subset of " + ", ".join(ALGOS))
     p.add_argument("--profile-steps", type=int, default=5,
-                   help="CUDA: profile this many eager training steps per stage (GPU kernel time and count per "
-                        "step: the floor under a captured step); 0: off")
+                   help="CUDA: profile this many training steps per stage in every setting (GPU kernel time and count "
+                        "per step; CUPTI also sees the kernels of a replayed CUDA graph); 0: off")
     p.add_argument("--settings", default=DEFAULT_SETTINGS,
                    help="settings to measure, in this order (eager, graphs, graphs+inductor); e.g. 'graphs' alone, "
                         "so that no earlier setting has run cuDNN's autotuning for it")
