@@ -15,7 +15,6 @@ Run:  python algorithms/diffuser.py --config configs/diffuser/maze2d-umaze.yaml 
 Choices the paper leaves open, and departures from it, are marked "(choice)".
 """
 
-import copy
 import math
 import sys
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ from shared.evaluation import evaluate, require_evaluation  # noqa: E402
 from shared.logger import Logger, finish_run, prepare_run_dir  # noqa: E402
 from shared.tasks import get_task, goal_input, is_point_maze  # noqa: E402
 from shared.training import (  # noqa: E402
-    Stage, captured, fused, load_optimizer, make_optimizer, make_step, resume_point, train_loop, use_graphs,
+    EMA, Stage, captured, fused, load_optimizer, make_optimizer, make_step, resume_point, train_loop, use_graphs,
 )
 from shared.utils import (  # noqa: E402
     RunError, check_data_fits, device_name, load_latest_checkpoint, resolve_device, rng_state, run_main, set_seed,
@@ -413,19 +412,6 @@ class Diffuser(nn.Module):
 
 
 # ============================================================================ training
-class EMA:
-    """Exponential moving average of a module's parameters and buffers (Diffuser plans with the EMA model)."""
-
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.model, self.decay = copy.deepcopy(model).requires_grad_(False).eval(), decay
-
-    @torch.no_grad()
-    def update(self, model: nn.Module, copy_only: bool = False) -> None:
-        ema = [t for t in self.model.state_dict().values() if t.dtype.is_floating_point]
-        new = [t for t in model.state_dict().values() if t.dtype.is_floating_point]
-        torch._foreach_lerp_(ema, new, 1.0 if copy_only else 1.0 - self.decay)
-
-
 def training_conditions(model: Diffuser, goal_conditioned: bool, device: torch.device) -> torch.Tensor:
     """[1, H, D] inpainting mask: the state at index 0, and for goal tasks also the state at H-1."""
     mask = torch.zeros(1, model.horizon, model.obs_dim + model.act_dim, dtype=torch.bool, device=device)

@@ -30,7 +30,7 @@ from shared.evaluation import evaluate, require_evaluation  # noqa: E402
 from shared.logger import Logger, finish_run, prepare_run_dir  # noqa: E402
 from shared.tasks import get_task, goal_radius, is_point_maze  # noqa: E402
 from shared.training import (  # noqa: E402
-    Stage, captured, fused, load_optimizer, make_step, resume_point, train_loop, use_graphs,
+    EMA, Stage, captured, fused, load_optimizer, make_step, resume_point, train_loop, use_graphs,
 )
 from shared.training import make_optimizer as make_adam  # noqa: E402
 from shared.utils import (  # noqa: E402
@@ -100,6 +100,9 @@ class TrainConfig:
     weight_decay: float = 1e-4  # AdamW weight decay
     grad_clip: float = 1.0  # gradient norm clip
     warmup_steps: int = 500  # linear warm-up at the start of each stage
+    ema_decay: float = 0.0  # > 0: act with an exponential moving average of the weights, averaged from the start of
+    # stage 2 on (0: act with the trained weights)
+    ema_every: int = 10  # steps between EMA updates
     bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     compile: bool = True  # CUDA: every training step and every plan runs as a captured CUDA graph (CPU: eager)
     inductor: bool = False  # CUDA + compile: also fuse each stage's loss with torch.compile (shared.training.fused;
@@ -409,6 +412,18 @@ class LatentInverseDynamics(nn.Module):
 
 
 # ============================================================================ (2) multi-scale transformer
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
+              dropout: float) -> torch.Tensor:
+    """softmax(q k^T / sqrt(d) | mask) v, written out. MAGE's sequences are short (at most sum l_k = 63 tokens, head
+    dim 32): the fused kernels of F.scaled_dot_product_attention work in 64-128-row tiles and ran at < 10 TFLOP/s
+    here (a third of the end-to-end step on one H200), while two batched matmuls and a softmax are cheap at this size
+    (and inductor fuses the scaling, masking and softmax). ``mask``: True = may attend."""
+    att = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    if mask is not None:
+        att = att.masked_fill(~mask, float("-inf"))
+    return F.dropout(att.softmax(-1), dropout) @ v
+
+
 class AdaLNBlock(nn.Module):
     """Pre-norm transformer block whose norms are modulated by the condition (RTG reaches every scale)."""
 
@@ -432,8 +447,7 @@ class AdaLNBlock(nn.Module):
             if cache:
                 k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)
             cache[:] = [k, v]
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        a = attention(q, k, v, mask, self.dropout if self.training else 0.0)
         x = x + (1 + g1) * self.proj(a.transpose(1, 2).flatten(2))
         return x + (1 + g2) * self.mlp(self.norm2(x) * (1 + s2) + b2)
 
@@ -717,9 +731,11 @@ def stage_bounds(stage: str, config: TrainConfig) -> tuple[int, int]:
 
 
 def training_stages(config: TrainConfig, data: TrajectoryData, model: MAGE, device: torch.device,
-                    saved: Optional[dict] = None) -> tuple[list[Stage], Callable[[], dict]]:
+                    saved: Optional[dict] = None, ema: Optional[EMA] = None) -> tuple[list[Stage], Callable[[], dict]]:
     """The three stages for shared.training.train_loop, and the checkpoint contents. Each stage's optimiser is built
-    when the stage begins (and loaded from ``saved`` when a run resumes inside it)."""
+    when the stage begins (and loaded from ``saved`` when a run resumes inside it). ``ema`` starts as a copy of the
+    weights when stage 2 begins (the autoencoder is final then, so the averaged model quantises as the trained one)
+    and averages stages 2 and 3."""
     graphs = use_graphs(config.compile, device)
     current: dict = {}  # the running stage's optimiser, for checkpoints
 
@@ -728,8 +744,11 @@ def training_stages(config: TrainConfig, data: TrajectoryData, model: MAGE, devi
 
         def begin():
             opt = make_optimizer(model, name, config, captured=graphs)
-            if saved is not None and saved.get("stage") == name and saved["step"] < start + length:
-                load_optimizer(opt, saved["optimizer"])  # resumed mid-stage
+            resumed_here = saved is not None and saved.get("stage") == name and saved["step"] < start + length
+            if resumed_here:
+                load_optimizer(opt, saved["optimizer"])  # resumed mid-stage (the EMA came with the checkpoint)
+            elif ema is not None and name == "transformer":
+                ema.update(model, copy_only=True)
             current["optimizer"] = opt
             base = config.e2e_lr if name == "end_to_end" else config.lr
             return make_step(lambda batch: update(model, opt, batch, config, name),
@@ -737,6 +756,10 @@ def training_stages(config: TrainConfig, data: TrajectoryData, model: MAGE, devi
                              lr=lambda i: base * lr_factor(i - start, length, config.warmup_steps), graph=graphs)
 
         after = diagnostics = None
+        if ema is not None and name != "autoencoder":
+            def after(i: int):  # eager, between (captured) steps
+                if i % config.ema_every == 0:
+                    ema.update(model)
         if name == "autoencoder":
             def after(i: int):
                 if config.dead_code_every and i % config.dead_code_every == 0:
@@ -752,20 +775,26 @@ def training_stages(config: TrainConfig, data: TrajectoryData, model: MAGE, devi
 
     def checkpoint() -> dict:
         return {"model": model.state_dict(), "optimizer": current["optimizer"].state_dict(), "rng": rng_state(),
-                "config": vars(config).copy(), "obs_norm": data.obs_norm.state_dict()}
+                "config": vars(config).copy(), "obs_norm": data.obs_norm.state_dict(),
+                **({"ema": ema.model.state_dict()} if ema is not None else {})}
 
     return [stage(n) for n in STAGES], checkpoint
 
 
 def train(config: TrainConfig, data: TrajectoryData, model: MAGE, run_dir: Path, logger: Logger,
-          device: torch.device, evaluate_fn=None) -> tuple[int, float]:
+          device: torch.device, evaluate_fn=None, ema: Optional[EMA] = None) -> tuple[int, float]:
     """Run the three stages from the newest checkpoint (if resuming) to the end; returns (final step, training
     wall time, including the time before a resume)."""
     saved = load_latest_checkpoint(run_dir, map_location=device) if config.resume else None
     if saved is not None:
         model.load_state_dict(saved["model"])
+        if ema is not None:
+            if "ema" not in saved:
+                raise RunError(f"the checkpoint in {run_dir} has no EMA weights (written with ema_decay 0); "
+                               "resume with the same ema_decay")
+            ema.model.load_state_dict(saved["ema"])
     step, elapsed = resume_point(saved, "mage", run_dir)
-    stages, checkpoint = training_stages(config, data, model, device, saved)
+    stages, checkpoint = training_stages(config, data, model, device, saved, ema)
     return train_loop("mage", config, run_dir, logger, stages, step, checkpoint, evaluate_fn,
                       eval_from=config.ae_steps, elapsed=elapsed)
 
@@ -830,13 +859,14 @@ def main(config: TrainConfig) -> dict:
     print(f"[mage] {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {device_name(device)}")
     logger = Logger(config, "mage", run_dir, config.wandb_mode, config.project)
 
-    policy = MagePolicy(model, data, config, device)
+    ema = EMA(model, config.ema_decay) if config.ema_decay > 0 else None
+    policy = MagePolicy(ema.model if ema else model, data, config, device)  # one policy: its CUDA graphs persist
 
     def run_eval(episodes: int):
         return evaluate(task, policy, episodes, config.eval_seed, num_envs=config.num_eval_envs,
                         progress=sys.stderr.isatty())
 
-    steps, train_wall = train(config, data, model, run_dir, logger, device, run_eval)
+    steps, train_wall = train(config, data, model, run_dir, logger, device, run_eval, ema)
     result = run_eval(config.eval_episodes)
     return finish_run("mage", config, run_dir, logger, data.info, result, steps, train_wall, device_name(device))
 

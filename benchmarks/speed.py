@@ -61,7 +61,7 @@ sys.path.insert(0, str(ROOT))
 
 from shared.buffer import Normalizer, SegmentBuffer, TransitionBuffer  # noqa: E402
 from shared.tasks import get_task, goal_radius  # noqa: E402
-from shared.training import CapturedStep  # noqa: E402
+from shared.training import EMA, CapturedStep  # noqa: E402
 from shared.utils import device_name, git_commit, load_script, resolve_device, set_seed  # noqa: E402
 
 ALGOS = ("mage", "dt", "diffuser", "iql", "bc")
@@ -359,7 +359,7 @@ class Bench:
         self.data = m.TrajectoryData(buffer, identity_norm(D), OBS_DIM, ACT_DIM, True, rest_dims, rest_values,
                                      (0.0, 1.0), {})
         self.model = m.Diffuser(c, OBS_DIM, ACT_DIM).to(dev)
-        self.ema = m.EMA(self.model, c.ema_decay)
+        self.ema = EMA(self.model, c.ema_decay)
         self.stages = lambda: m.training_stages(c, self.data, self.model, self.ema, dev)
         self.make_policy = lambda: m.DiffuserPolicy(self.ema.model, self.data, c, dev)  # plans with the EMA
 

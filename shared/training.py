@@ -14,6 +14,7 @@ generator (graph-safe), optimisers built by ``make_optimizer`` (capturable, lear
 
 from __future__ import annotations
 
+import copy
 import sys
 import time
 from dataclasses import dataclass
@@ -26,6 +27,22 @@ from tqdm import tqdm
 from shared.utils import RunError, save_checkpoint, set_rng_state
 
 Stats = dict  # name -> 0-d tensor (or float)
+
+
+# ----------------------------------------------------------------------------- weight averaging
+class EMA:
+    """Exponential moving average of a module's floating-point parameters and buffers, kept in a frozen copy of the
+    module (Diffuser plans with it, MAGE acts with it). ``update`` runs eagerly between captured steps; the copy's
+    tensors change in place, so CUDA graphs captured on it replay the averaged weights."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.model, self.decay = copy.deepcopy(model).requires_grad_(False).eval(), decay
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, copy_only: bool = False) -> None:
+        ema = [t for t in self.model.state_dict().values() if t.dtype.is_floating_point]
+        new = [t for t in model.state_dict().values() if t.dtype.is_floating_point]
+        torch._foreach_lerp_(ema, new, 1.0 if copy_only else 1.0 - self.decay)
 
 
 # ----------------------------------------------------------------------------- optimisers

@@ -15,6 +15,7 @@ from algorithms import diffuser as D  # noqa: E402
 from shared.evaluation import RandomPolicy, evaluate  # noqa: E402
 from shared.logger import Logger  # noqa: E402
 from shared.tasks import reference_scores  # noqa: E402
+from shared.training import EMA  # noqa: E402
 from shared.utils import load_latest_checkpoint, parse_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,7 +146,7 @@ def test_resume_after_interruption_matches_uninterrupted_run(data_dir, tmp_path,
 
             monkeypatch.setattr(data.buffer, "sample", interrupted)
         model = D.Diffuser(cfg, data.obs_dim, data.act_dim)
-        ema = D.EMA(model, cfg.ema_decay)
+        ema = EMA(model, cfg.ema_decay)
         run_dir = Path(cfg.out_dir) / "diffuser" / cfg.task / f"seed{cfg.seed}"
         logger = Logger(cfg, "diffuser", run_dir, "disabled")
         step, elapsed, saved = D.resume(cfg, data, model, ema, run_dir, device)  # as D.main does
@@ -182,7 +183,7 @@ def test_nan_loss_names_the_last_good_checkpoint(data_dir, tmp_path, monkeypatch
         return (loss * float("nan") if calls[0] > 7 else loss), stats
 
     monkeypatch.setattr(model, "losses", poisoned)
-    stages, checkpoint = D.training_stages(cfg, data, model, D.EMA(model, 0.99), torch.device("cpu"))
+    stages, checkpoint = D.training_stages(cfg, data, model, EMA(model, 0.99), torch.device("cpu"))
     # the 8th loss is NaN: found at the next checkpoint step (10), before that checkpoint is written
     message = r"loss became nan or inf at step 8; stopped, the last good checkpoint is .*/checkpoint_000000005\.pt$"
     with pytest.raises(D.RunError, match=message):

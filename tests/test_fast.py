@@ -1,5 +1,5 @@
-"""The fast path: resampling as matrices, the shared loop's NaN guard and learning-rate plumbing, and (on a CUDA
-machine) captured CUDA-graph steps that give the same losses as eager ones."""
+"""The fast path: resampling as matrices, attention written out, the shared loop's NaN guard and learning-rate
+plumbing, and (on a CUDA machine) captured CUDA-graph steps that give the same losses as eager ones."""
 
 import dataclasses
 from types import SimpleNamespace
@@ -35,6 +35,17 @@ def test_decoder_upsampling_equals_nearest_interpolation():
     h = torch.randn(3, 4, 6)
     assert torch.equal(h.unsqueeze(-1).expand(*h.shape, 2).flatten(-2), F.interpolate(h, scale_factor=2,
                                                                                      mode="nearest"))
+
+
+@pytest.mark.parametrize("queries", [63, 8, 1])
+def test_written_out_attention_equals_sdpa(queries):
+    """MAGE's attention (block-causal teacher forcing, and a generation step's new tokens against the cache)."""
+    q = torch.randn(3, 8, queries, 32, dtype=torch.float64)
+    k, v = torch.randn(2, 3, 8, 63, 32, dtype=torch.float64)
+    level = torch.cat([torch.full((n,), i) for i, n in enumerate([1, 2, 4, 8, 16, 32])])
+    mask = (level[:, None] >= level[None, :])[-queries:] if queries == 63 else None
+    assert torch.allclose(mage.attention(q, k, v, mask, 0.0), F.scaled_dot_product_attention(q, k, v, mask),
+                          atol=1e-10)
 
 
 def test_set_lr_and_load_optimizer_keep_a_tensor_rate_in_place():
@@ -152,7 +163,7 @@ def _one_stage_losses(algo: str, compile: bool) -> list[float]:
         model = dt.DecisionTransformer(config, data.obs_dim, data.act_dim, data.goal_dim, data.max_timestep).to(device)
     else:
         model = diffuser.Diffuser(config, data.obs_dim, data.act_dim).to(device)
-    extra = (diffuser.EMA(model, config.ema_decay),) if algo == "diffuser" else ()
+    extra = (training.EMA(model, config.ema_decay),) if algo == "diffuser" else ()
     stages, _ = mod.training_stages(config, data, model, *extra, device)
     step = stages[0].begin()
     losses = []

@@ -9,6 +9,8 @@ import pytest
 import torch
 from conftest import ROOT, load_algorithm
 
+from shared import training
+
 mage = load_algorithm("mage")
 
 SMALL = dict(horizon=16, patch=2, scales=[1, 2, 4, 8], codebook_size=64, code_dim=8, ae_channels=32, ae_blocks=1,
@@ -138,14 +140,17 @@ def test_autoencoder_and_transformer_overfit_a_tiny_batch():
 TINY_DATA = dict(task="maze2d-umaze", dataset_size=30_000, wandb_mode="disabled", device="cpu")
 
 
-def test_resume_after_a_kill_reaches_the_same_parameters(tmp_path):
+@pytest.mark.parametrize("ema_decay", [0.0, 0.9])
+def test_resume_after_a_kill_reaches_the_same_parameters(tmp_path, ema_decay):
     steps = dict(ae_steps=30, tf_steps=30, e2e_steps=20, checkpoint_every=25, log_every=10)
-    config = mage.TrainConfig(**SMALL, **TINY_DATA, **steps, out_dir=str(tmp_path / "a"))
+    config = mage.TrainConfig(**SMALL, **TINY_DATA, **steps, out_dir=str(tmp_path / "a"), ema_decay=ema_decay,
+                              ema_every=5)
     data = mage.load_data(config, torch.device("cpu"))
 
     def run(cfg, kill_at=None):
         torch.manual_seed(cfg.seed)
         model = mage.MAGE(cfg, 1 + data.obs_dim, data.cond_dim, data.act_dim)
+        ema = training.EMA(model, cfg.ema_decay) if cfg.ema_decay > 0 else None
         run_dir = tmp_path / cfg.out_dir
         logger = mage.Logger(cfg, "mage", run_dir, "disabled")
         if kill_at is not None:  # simulate SIGKILL: the process dies right after logging step kill_at
@@ -154,17 +159,23 @@ def test_resume_after_a_kill_reaches_the_same_parameters(tmp_path):
                     raise KeyboardInterrupt
             logger.log = die
         try:
-            mage.train(cfg, data, model, run_dir, logger, torch.device("cpu"))
+            mage.train(cfg, data, model, run_dir, logger, torch.device("cpu"), ema=ema)
         except KeyboardInterrupt:
             pass
-        return model
+        return model, ema
 
-    full = run(config)
+    full, full_ema = run(config)
     killed_cfg = dataclasses.replace(config, out_dir=str(tmp_path / "b"))
     run(killed_cfg, kill_at=60)  # dies in stage 2, after the checkpoint of step 50
-    resumed = run(dataclasses.replace(killed_cfg, resume=True))
-    for (name, a), (_, b) in zip(full.state_dict().items(), resumed.state_dict().items()):
-        assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+    resumed, resumed_ema = run(dataclasses.replace(killed_cfg, resume=True))
+    pairs = [(full, resumed)] + ([(full_ema.model, resumed_ema.model)] if ema_decay else [])
+    for a_model, b_model in pairs:
+        for (name, a), (_, b) in zip(a_model.state_dict().items(), b_model.state_dict().items()):
+            assert torch.allclose(a.float(), b.float(), atol=1e-6), name
+    if ema_decay:  # the average starts at stage 2: the same autoencoder (so the same tokens), a lagging transformer
+        live, avg = full.state_dict(), full_ema.model.state_dict()
+        assert all(torch.equal(live[n], avg[n]) for n in live if n.startswith(("encoder.", "vq.codebook")))
+        assert not torch.allclose(live["transformer.head.weight"], avg["transformer.head.weight"])
 
 
 @pytest.mark.slow
