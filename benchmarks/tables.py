@@ -29,6 +29,7 @@ import re
 import sys
 import tempfile
 from collections import defaultdict
+from functools import lru_cache
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -192,12 +193,39 @@ def fmt(x: Optional[float]) -> str:
     return "—" if x is None else f"{x:.1f}"
 
 
+BUDGET_KEYS = ("steps", "ae_steps", "tf_steps", "e2e_steps", "batch_size")  # what makes a run's budget
+
+
+@lru_cache(maxsize=None)
+def committed_budget(algo: str, task: str) -> tuple[tuple[str, object], ...]:
+    """The budget fields that ``configs/<algo>/<task>.yaml`` sets (empty when there is no such config)."""
+    path = ROOT / "configs" / algo / f"{task}.yaml"
+    if not path.is_file():
+        return ()
+    import yaml
+
+    values = yaml.safe_load(path.read_text()) or {}
+    return tuple((k, values[k]) for k in BUDGET_KEYS if k in values)
+
+
+def stale(cell: Cell) -> bool:
+    """Some run of the cell trained with another budget than its committed config sets now (a config changed after
+    the run): the cell is marked until it is re-run."""
+    algo = load_variants().get(cell.name, (cell.name, []))[0]
+    budget = committed_budget(algo, cell.task)
+    return any(k in (r.get("config") or {}) and r["config"][k] != v for r in cell.runs for k, v in budget)
+
+
+STALE_NOTE = ("†: trained with another budget (steps or batch size) than the committed config now sets; to be "
+              "re-run.")
+
+
 def score_cell(cell: Optional[Cell], bold: bool) -> str:
     if cell is None or not cell.scores:
         return "—"
     m, s = mean_std(cell.scores)
     text = f"{m:.1f} ± {s:.1f}" if len(cell.scores) > 1 else f"{m:.1f}"
-    return (f"**{text}**" if bold else text) + f" ({len(cell.scores)})"
+    return (f"**{text}**" if bold else text) + f" ({len(cell.scores)})" + (" †" if stale(cell) else "")
 
 
 def md_table(header: list[str], rows: list[list[str]], align: Optional[list[str]] = None) -> list[str]:
@@ -296,7 +324,7 @@ def note_lines() -> list[str]:
         "Cells: mean ± sample standard deviation of the normalised score over seeds, the seed count in "
         "parentheses; the best of our means in each row is in **bold**; the average row averages the per-task "
         "means over the group's tasks (only for algorithms with all of them); in the published columns it is the "
-        "paper's stated average where we have only that, else the mean of the three tasks.",
+        "paper's stated average where we have only that, else the mean of the three tasks. " + STALE_NOTE,
         "",
         "**Protocol** (`shared/tasks.py`, `goal_input`): on `maze2d-*` (one fixed goal, D4RL's protocol) BC, IQL "
         "and DT are not given the goal, as D4RL and CORL run them (BC imitates from observations, IQL and DT learn "
@@ -840,7 +868,7 @@ def build(results_dir: Path, out: Path, readme: Optional[Path], plots_dir: Path,
                  f"in [{rel(out, readme)}]({rel(out, readme)}). The `paper:` columns are published numbers on the "
                  "original D4RL data and are not directly comparable. On maze2d, BC, IQL and DT are not given the "
                  "goal (D4RL's and CORL's protocol) and Diffuser and MAGE are; the `-goal` variants give BC, IQL and "
-                 "DT the goal too. `not run`: no result file yet.", ""]
+                 "DT the goal too. `not run`: no result file yet. " + STALE_NOTE, ""]
         for group in ("maze2d", "multi2d"):
             title = dict((g, t) for g, t, _ in GROUPS)[group]
             block += [f"**{title}**", ""] + group_tables[group] + [""]

@@ -113,6 +113,24 @@ def test_tables_means_bold_paper_columns_and_identical_bytes(results, tmp_path):
     assert readme.count(tables.START) == 1
 
 
+def test_runs_of_an_older_budget_than_the_committed_config_are_marked(tmp_path):
+    import yaml
+
+    committed = yaml.safe_load((tables.ROOT / "configs/mage/maze2d-large.yaml").read_text())
+    budget = {k: committed[k] for k in ("ae_steps", "tf_steps", "e2e_steps", "batch_size")}
+    root = tmp_path / "results"
+    for seed, config in enumerate([budget, {**budget, "tf_steps": budget["tf_steps"] // 2}]):
+        write_result(root, "mage", "maze2d-large", seed, 90.0)
+        path = root / "mage" / "maze2d-large" / f"seed{seed}.json"
+        run = json.loads(path.read_text())
+        path.write_text(json.dumps({**run, "config": {**run["config"], **config}}))
+    cells, _, _ = tables.load_results(root)
+    cell = cells[("mage", "maze2d-large")]
+    assert tables.stale(cell) and tables.score_cell(cell, False).endswith("(2) †")
+    cell.runs = cell.runs[:1]  # the run with the committed budget alone
+    assert not tables.stale(cell) and tables.score_cell(cell, False) == "90.0 (1)"
+
+
 def test_goal_variants_get_their_own_table_and_published_columns_only_their_protocol(results, tmp_path, monkeypatch):
     for seed, score in enumerate((96.0, 98.0)):
         write_result(results, "bc-goal", "maze2d-umaze", seed, score)
