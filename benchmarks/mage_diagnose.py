@@ -129,7 +129,10 @@ def main() -> None:
     if not data.goal_conditioned:
         raise RunError(f"{config.task} is not a goal task: this diagnosis measures goal reaching")
     model = mage.MAGE(config, 1 + data.obs_dim, data.cond_dim, data.act_dim)
-    model.load_state_dict(state["model"])
+    # the weights the run acts with: its EMA when it keeps one (--ema_decay > 0; averaged from stage 2 on)
+    use_ema = "ema" in state and state["step"] > config.ae_steps
+    model.load_state_dict(state["ema"] if use_ema else state["model"])
+    print(f"weights: {f'EMA (ema_decay {config.ema_decay})' if use_ema else 'trained'}")
     model.eval()
     device = torch.device("cpu")
     print(f"data: mean |action| {np.abs(data.buffer.fields['actions'].numpy()).mean():.2f}")
