@@ -515,3 +515,14 @@ def test_k_scales_increase_and_end_at_the_latent_length():
         for k in range(1, min(length, 12) + 1):
             s = speed.k_scales(length, k)
             assert len(s) == k and s[-1] == length and s == sorted(set(s)) and s[0] >= 1
+
+
+def test_collector_scores_measure_the_data_controller_as_the_algorithms_are_evaluated(tmp_path):
+    collector = load_script("collector_scores")
+    out = tmp_path / "collector.json"
+    args = ["--tasks", "maze2d-umaze", "--episodes", "3", "--eval-seeds", "1000", "--out", str(out)]
+    assert collector.main(args) == 0
+    row = json.loads(out.read_text())["tasks"]["maze2d-umaze"]["1000"]
+    # both controllers reach the goal; the data's noise doubles the action size (N(0, 0.5) on actions of ~0.25)
+    assert row["noiseless"]["success_rate"] == 1.0 and row["collector"]["success_rate"] == 1.0
+    assert row["collector"]["mean_abs_action"] > 1.5 * row["noiseless"]["mean_abs_action"]
