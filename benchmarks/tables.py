@@ -251,11 +251,29 @@ def task_label(task: str, names: list[str], cells: dict) -> str:
     return f"`{task}`" + (f" ({', '.join(minari)})" if minari else "")
 
 
-def score_table(group: str, tasks: list[str], names: list[str], cells: dict, published: bool = True) -> list[str]:
-    """Task x algorithm table of one group (ours), then the papers' columns of the same protocol (``published``)."""
+COLLECTOR_SEEDS = "1000"  # the committed configs' block of evaluation seeds (collector_scores.json has others too)
+COLLECTOR_COLUMN = "data's controller: noisy / noiseless"
+
+
+def load_collector(results_dir: Path) -> dict:
+    """benchmarks/collector_scores.py's measurements (task -> seed block -> ...), {} when absent."""
+    path = Path(results_dir) / "collector_scores.json"
+    return json.loads(path.read_text()).get("tasks", {}) if path.is_file() else {}
+
+
+def collector_score(collector: dict, task: str, kind: str) -> Optional[float]:
+    row = collector.get(task, {}).get(COLLECTOR_SEEDS)
+    return row[kind]["normalized_score"] if row else None
+
+
+def score_table(group: str, tasks: list[str], names: list[str], cells: dict, published: bool = True,
+                collector: Optional[dict] = None) -> list[str]:
+    """Task x algorithm table of one group (ours), the data's controller (``collector``: the ceiling of imitation,
+    when measured), then the papers' columns of the same protocol (``published``)."""
     canonical = dict((g, list(t)) for g, _, t in GROUPS)[group]
     paper_cols = published_columns(group, [t for t in canonical if t in tasks]) if published else []
-    header = ["task"] + names + paper_cols
+    collector = {t: v for t, v in (collector or {}).items() if t in tasks}
+    header = ["task"] + names + ([COLLECTOR_COLUMN] if collector else []) + paper_cols
     rows = []
     row_means: dict[str, dict[str, float]] = defaultdict(dict)
     # a column with no result in the whole group says so (e.g. a protocol whose runs are still to be made)
@@ -267,6 +285,8 @@ def score_table(group: str, tasks: list[str], names: list[str], cells: dict, pub
         row = [task_label(task, names, cells)]
         row += ["not run" if n in not_run else score_cell(cells.get((n, task)), means.get(n) == best)
                 for n in names]
+        if collector:
+            row.append(" / ".join(fmt(collector_score(collector, task, k)) for k in ("collector", "noiseless")))
         size = size_of(task)
         row += [fmt(PAPER[group][c].get(size)) if size else "—" for c in paper_cols]
         rows.append(row)
@@ -281,6 +301,9 @@ def score_table(group: str, tasks: list[str], names: list[str], cells: dict, pub
     best = max(averages.values()) if averages else None
     avg_row = ["**average**"] + [(f"**{averages[n]:.1f}**" if averages[n] == best else f"{averages[n]:.1f}")
                                  if n in averages else "—" for n in names]
+    if collector:
+        means_of = [[collector_score(collector, t, k) for t in avg_tasks] for k in ("collector", "noiseless")]
+        avg_row.append(" / ".join(fmt(sum(v) / len(v)) if v and None not in v else "—" for v in means_of))
     for c in paper_cols:
         values = PAPER[group][c]
         if "average" in values:
@@ -319,7 +342,13 @@ def inputs_lines(tasks: list[str], names: list[str], variants: dict) -> list[str
     return ["Given to each column (`shared/tasks.py`): " + "; ".join(parts) + "."] if parts else []
 
 
-def note_lines() -> list[str]:
+COLLECTOR_NOTE = ("`data's controller`: the waypoint controller that collected the data, with its N(0, 0.5) action "
+                  "noise and without it, evaluated like the algorithms on the same evaluation seeds "
+                  "(`benchmarks/collector_scores.py`); the noiseless one defines 100 on other seeds. An algorithm that "
+                  "imitates the data well lands near the first number.")
+
+
+def note_lines(collector: bool = False) -> list[str]:
     return [
         "Cells: mean ± sample standard deviation of the normalised score over seeds, the seed count in "
         "parentheses; the best of our means in each row is in **bold**; the average row averages the per-task "
@@ -339,7 +368,7 @@ def note_lines() -> list[str]:
         "D4RL datasets with D4RL's reference scores. Our columns use datasets regenerated with the D4RL recipe "
         "on gymnasium-robotics (`shared/datasets.py`) and our own reference scores (`shared/reference_scores.json`"
         "); the scale of our scores is not the scale of the papers'.",
-    ]
+    ] + (["", COLLECTOR_NOTE] if collector else [])
 
 
 def partial_wall(run: dict) -> bool:
@@ -783,6 +812,7 @@ def build(results_dir: Path, out: Path, readme: Optional[Path], plots_dir: Path,
     """Target path -> bytes of every output (README.md's with the block replaced)."""
     results_dir = Path(results_dir).resolve()
     cells, files, skipped = load_results(results_dir)
+    collector = load_collector(results_dir)
     variants = load_variants()
     protocol = set(getattr(load_run_module(), "PROTOCOL_VARIANTS", ()))  # e.g. bc-goal: own columns, no ablation
     present = {n for n, _ in cells}
@@ -814,7 +844,7 @@ def build(results_dir: Path, out: Path, readme: Optional[Path], plots_dir: Path,
     # RESULTS.md
     md = ["# Benchmark results", "",
           "Generated by `python benchmarks/tables.py` from the result files alone; do not edit by hand.", ""]
-    md += note_lines() + [""]
+    md += note_lines(bool(collector)) + [""]
     group_tables: dict[str, list[str]] = {}
     for group, title, canonical in GROUPS:
         tasks = sorted(set(canonical) | {t for t in all_tasks if group_of(t) == group}, key=task_sort_key)
@@ -824,7 +854,8 @@ def build(results_dir: Path, out: Path, readme: Optional[Path], plots_dir: Path,
         # a base algorithm whose -goal variant has results here gets its column too ("not run" until it has some)
         names = order_names({n for n in base_names if any((n, t) in cells for t in tasks)}
                             | {variants[n][0] for n in goal_names})
-        table = score_table(group, tasks, names, cells) + [""] + inputs_lines(tasks, names, variants)
+        table = score_table(group, tasks, names, cells, collector=collector) + [""] + inputs_lines(tasks, names,
+                                                                                                  variants)
         md += [f"## {title}", ""]
         if not names:
             md += ["No result files for this group yet; the published numbers for reference:", ""]
@@ -868,7 +899,8 @@ def build(results_dir: Path, out: Path, readme: Optional[Path], plots_dir: Path,
                  f"in [{rel(out, readme)}]({rel(out, readme)}). The `paper:` columns are published numbers on the "
                  "original D4RL data and are not directly comparable. On maze2d, BC, IQL and DT are not given the "
                  "goal (D4RL's and CORL's protocol) and Diffuser and MAGE are; the `-goal` variants give BC, IQL and "
-                 "DT the goal too. `not run`: no result file yet. " + STALE_NOTE, ""]
+                 "DT the goal too. `not run`: no result file yet. " + STALE_NOTE
+                 + (" " + COLLECTOR_NOTE if collector else ""), ""]
         for group in ("maze2d", "multi2d"):
             title = dict((g, t) for g, t, _ in GROUPS)[group]
             block += [f"**{title}**", ""] + group_tables[group] + [""]

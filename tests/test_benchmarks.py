@@ -526,3 +526,17 @@ def test_collector_scores_measure_the_data_controller_as_the_algorithms_are_eval
     # both controllers reach the goal; the data's noise doubles the action size (N(0, 0.5) on actions of ~0.25)
     assert row["noiseless"]["success_rate"] == 1.0 and row["collector"]["success_rate"] == 1.0
     assert row["collector"]["mean_abs_action"] > 1.5 * row["noiseless"]["mean_abs_action"]
+
+
+def test_the_data_controller_column_sits_beside_the_algorithms_when_measured(results, tmp_path):
+    block = {"collector": {"normalized_score": 93.3}, "noiseless": {"normalized_score": 97.1}}
+    (results / "collector_scores.json").write_text(json.dumps({"tasks": {"maze2d-umaze": {"1000": block},
+                                                                         "maze2d-large": {"100000": block}}}))
+    assert generate(results, tmp_path / "a") == 0
+    md = (tmp_path / "a" / "RESULTS.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| task | mage | dt |"))
+    assert "| data's controller: noisy / noiseless | paper: MAGE" in header
+    # the committed configs' evaluation seeds (1000) only: maze2d-large was measured on the tuning block alone
+    assert "| `maze2d-umaze` | **110.0 ± 10.0** (3) | 62.0 ± 2.0 (3) | 93.3 / 97.1 |" in md
+    assert "| `maze2d-large` | 130.0 ± 10.0 (3) | **142.0 ± 2.0** (3) | — / — |" in md
+    assert "`data's controller`: the waypoint controller that collected the data" in md
