@@ -107,6 +107,7 @@ class TrainConfig:
     compile: bool = True  # CUDA: every training step and every plan runs as a captured CUDA graph (CPU: eager)
     inductor: bool = False  # CUDA + compile: also fuse each stage's loss with torch.compile (shared.training.fused;
     # fewer kernels per step, compiled once per stage)
+    conv_matmul: bool = False  # 1-D convolutions as matmuls over shifted inputs (TimeConv; measured by speed.py)
     log_every: int = 200  # steps between logged training metrics
     checkpoint_every: int = 5000  # steps between checkpoints (and at the end of every stage)
     # --- evaluation
@@ -207,6 +208,25 @@ def absorb_goal(batch: dict, discount: float, rest_state: Optional[torch.Tensor]
 
 
 # ============================================================================ (1) multi-scale trajectory autoencoder
+class TimeConv(nn.Conv1d):
+    """nn.Conv1d over time ([B, C, L]) that can also run as one matmul over its k shifted copies of the input in
+    time-major layout (``as_matmul``, set from ``conv_matmul``; same parameters, same result). Why: on an H200
+    cuDNN's bf16 convolutions are NHWC kernels, and transposing MAGE's [B, C, L] activations in and out of them took
+    more GPU time than the convolutions (kernel profile in benchmarks/budget/h200-2026-12-01c)."""
+
+    as_matmul = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.as_matmul:
+            return super().forward(x)
+        (k,), (stride,), (pad,) = self.kernel_size, self.stride, self.padding
+        xt = F.pad(x, (pad, pad)).transpose(1, 2)  # [B, L + 2 pad, C]
+        n = (xt.shape[1] - k) // stride + 1
+        taps = torch.cat([xt[:, i:i + stride * (n - 1) + 1:stride] for i in range(k)], 2)  # [B, n, k C]
+        weight = self.weight.transpose(1, 2).reshape(self.out_channels, -1)  # [O, k C]: tap-major, as taps
+        return F.linear(taps, weight, self.bias).transpose(1, 2)
+
+
 class ResBlock1d(nn.Module):
     """Conv residual block; ``film`` injects the condition, ``adapter`` is the zero-initialised condition-guided
     refinement (trained only in the end-to-end stage, so the base decoder stays frozen there)."""
@@ -214,13 +234,13 @@ class ResBlock1d(nn.Module):
     def __init__(self, channels: int, cond_dim: int = 0, adapter_dim: int = 0) -> None:
         super().__init__()
         self.norm1, self.norm2 = nn.GroupNorm(8, channels), nn.GroupNorm(8, channels)
-        self.conv1 = nn.Conv1d(channels, channels, 3, padding=1)
-        self.conv2 = nn.Conv1d(channels, channels, 3, padding=1)
+        self.conv1 = TimeConv(channels, channels, 3, padding=1)
+        self.conv2 = TimeConv(channels, channels, 3, padding=1)
         self.film = nn.Linear(cond_dim, 2 * channels) if cond_dim else None
         self.adapter = None
         if adapter_dim:
-            self.adapter = nn.Sequential(nn.Conv1d(channels + cond_dim, adapter_dim, 1), nn.SiLU(),
-                                         nn.Conv1d(adapter_dim, channels, 1))
+            self.adapter = nn.Sequential(TimeConv(channels + cond_dim, adapter_dim, 1), nn.SiLU(),
+                                         TimeConv(adapter_dim, channels, 1))
             nn.init.zeros_(self.adapter[-1].weight)
             nn.init.zeros_(self.adapter[-1].bias)
 
@@ -240,12 +260,12 @@ class TrajectoryEncoder(nn.Module):
 
     def __init__(self, in_dim: int, channels: int, code_dim: int, patch: int, blocks: int) -> None:
         super().__init__()
-        layers: list[nn.Module] = [nn.Conv1d(in_dim, channels, 3, padding=1)]
+        layers: list[nn.Module] = [TimeConv(in_dim, channels, 3, padding=1)]
         for _ in range(int(math.log2(patch))):
             layers += [ResBlock1d(channels) for _ in range(blocks)]
-            layers.append(nn.Conv1d(channels, channels, 4, stride=2, padding=1))
+            layers.append(TimeConv(channels, channels, 4, stride=2, padding=1))
         layers += [ResBlock1d(channels) for _ in range(blocks)]
-        layers += [nn.GroupNorm(8, channels), nn.SiLU(), nn.Conv1d(channels, code_dim, 1)]
+        layers += [nn.GroupNorm(8, channels), nn.SiLU(), TimeConv(channels, code_dim, 1)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -273,7 +293,7 @@ class MultiScaleVQ(nn.Module):
         self.scales, self.L, self.dim, self.beta, self.phi_ratio = list(scales), scales[-1], dim, beta, phi_ratio
         self.codebook = nn.Embedding(vocab, dim)
         nn.init.uniform_(self.codebook.weight, -1.0 / vocab, 1.0 / vocab)
-        self.phi = nn.ModuleList(nn.Conv1d(dim, dim, 3, padding=1) for _ in scales)
+        self.phi = nn.ModuleList(TimeConv(dim, dim, 3, padding=1) for _ in scales)
         for k, length in enumerate(scales):  # not in the state dict: rebuilt from the scales
             self.register_buffer(f"down{k}", resample_matrix(self.L, length, "area"), persistent=False)
             self.register_buffer(f"up{k}", resample_matrix(length, self.L, "linear"), persistent=False)
@@ -368,12 +388,12 @@ class ConditionGuidedDecoder(nn.Module):
                  adapter_dim: int) -> None:
         super().__init__()
         self.cond_embed = nn.Sequential(nn.Linear(cond_dim, channels), nn.SiLU(), nn.Linear(channels, channels))
-        self.inp = nn.Conv1d(code_dim, channels, 3, padding=1)
+        self.inp = TimeConv(code_dim, channels, 3, padding=1)
         self.stages = nn.ModuleList()
         for _ in range(int(math.log2(patch)) + 1):
             self.stages.append(nn.ModuleList(ResBlock1d(channels, channels, adapter_dim) for _ in range(blocks)))
-        self.up = nn.ModuleList(nn.Conv1d(channels, channels, 3, padding=1) for _ in range(int(math.log2(patch))))
-        self.out = nn.Sequential(nn.GroupNorm(8, channels), nn.SiLU(), nn.Conv1d(channels, out_dim, 3, padding=1))
+        self.up = nn.ModuleList(TimeConv(channels, channels, 3, padding=1) for _ in range(int(math.log2(patch))))
+        self.out = nn.Sequential(nn.GroupNorm(8, channels), nn.SiLU(), TimeConv(channels, out_dim, 3, padding=1))
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         c = self.cond_embed(cond)
@@ -556,6 +576,9 @@ class MAGE(nn.Module):
         self.inverse = LatentInverseDynamics(config.code_dim, L, cond_dim, act_dim, config.action_horizon)
         self.transformer = MultiScaleTransformer(config.scales, config.codebook_size, config.code_dim, cond_dim,
                                                  config.d_model, config.n_layers, config.n_heads, config.dropout)
+        for m in self.modules():
+            if isinstance(m, TimeConv):
+                m.as_matmul = config.conv_matmul
 
     def decode(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return self.decoder(z, cond if self.decoder_condition else torch.zeros_like(cond))

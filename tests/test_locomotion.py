@@ -74,6 +74,16 @@ def test_max_train_s_stops_early_and_still_writes_the_policies(tmp_path):
     assert plan["expert"]["stopped_early"] and plan["expert"]["env_steps"] == 200
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the captured (CUDA graph) trainer needs a GPU")
+def test_tiny_training_runs_captured_on_cuda(tmp_path):
+    """The GPU machine's path (--device cuda: captured SAC updates, async envs) end to end, before an hours-long run
+    depends on it."""
+    result = loco.train(_tiny_config(tmp_path, device="cuda", vector_env="async"))
+    assert result["env_steps"] == 600 and result["updates"] == 100
+    assert all(math.isfinite(e["eval_return"]) for e in result["curve"])
+    assert loco.read_plan("hopper", tmp_path / "policies" / "hopper")["expert"]["file"] == "expert.pt"
+
+
 def test_tiny_datasets_have_d4rl_layout_and_verify(tiny):
     _, weights = tiny
     data = loco.generate_arrays("hopper-medium", size=SIZE, seed=0, progress=False, weights_dir=weights)
