@@ -119,6 +119,8 @@ class TrainConfig:
     return_condition: bool = False  # goal tasks: also condition on R_t (reward tasks always do). Off by default: the
     # hindsight R = discount^(steps to g) is fixed by (s, g), and a target of 1 far from g is out of distribution
     # (docs/mage.md)
+    return_countdown: bool = False  # goal tasks with return_condition: R starts at target_return and rises by
+    # 1 / discount a step (arrival asked for in log(target) / log(discount) steps, DT's countdown) instead of staying
     replan_every: int = 1  # environment steps between plans
     temperature: float = 0.0  # token sampling temperature at evaluation (0: argmax)
 
@@ -852,6 +854,8 @@ class MagePolicy:
     def act(self, obs: np.ndarray, last_rewards: np.ndarray) -> np.ndarray:
         if not self.data.goal_conditioned:
             self.rtg = self.rtg - last_rewards.astype(np.float32) / self.config.rtg_scale
+        elif self.config.return_countdown and self.t > 0:  # one step nearer the asked-for arrival
+            self.rtg = np.minimum(self.rtg / self.config.discount, 1.0).astype(np.float32)
         k = self.t % self.config.replan_every
         if k == 0:
             self.model.eval()

@@ -123,7 +123,8 @@ def main() -> None:
         key, _, value = item.partition("=")
         if key not in fields:
             raise RunError(f"unknown config field '{key}'")
-        values[key] = type(values[key])(value) if not isinstance(values[key], bool) else value == "true"
+        current = values.get(key, fields[key].default)  # a field newer than the checkpoint: its default's type
+        values[key] = type(current)(value) if not isinstance(current, bool) else value == "true"
     config = mage.TrainConfig(**{**values, "device": "cpu"})
     data = mage.load_data(config, torch.device("cpu"))
     if not data.goal_conditioned:
