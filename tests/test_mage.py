@@ -5,6 +5,7 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 from conftest import ROOT, load_algorithm
@@ -222,3 +223,18 @@ def test_stage2_trains_the_head_on_predicted_token_latents():
     assert all(torch.equal(a, b) for a, b in zip(encoder_before, model.encoder.parameters()))
     _, stats = mage.transformer_loss(model, batch, dataclasses.replace(config, inverse_stage2=False))
     assert "tf/inv" not in stats
+
+
+def test_return_countdown_asks_for_arrival_one_step_nearer_each_step():
+    config = mage.TrainConfig(**SMALL, **TINY_DATA, return_condition=True, return_countdown=True, target_return=0.5)
+    data = mage.load_data(config, torch.device("cpu"))
+    model = mage.MAGE(config, 1 + data.obs_dim, data.cond_dim, data.act_dim)
+    policy = mage.MagePolicy(model, data, config, torch.device("cpu"))
+    policy.reset(np.array([[1.0, 1.0], [2.0, 1.0]]))
+    obs = np.zeros((2, data.obs_dim), np.float32)
+    seen = []
+    for _ in range(80):
+        policy.act(obs, np.zeros(2))
+        seen.append(float(policy.condition(obs)[0, 0]))  # the R the last plan was conditioned on
+    expected = [min(1.0, 0.5 / config.discount ** t) for t in range(80)]  # arrival asked for in 69 steps, then 1
+    assert np.allclose(seen, expected, atol=1e-5) and seen[-1] == 1.0
