@@ -107,7 +107,8 @@ def main() -> None:
     p.add_argument("run_dir", type=Path, help="a MAGE run folder: out_dir/mage/<task>/seed<k>")
     p.add_argument("--episodes", type=int, default=20)
     p.add_argument("--track", type=int, default=1, help="plan step followed by the controller (0: skip)")
-    p.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="evaluation-time config overrides")
+    p.add_argument("--set", nargs="+", action="extend", default=[], metavar="FIELD=VALUE",
+                   help="evaluation-time config overrides (--set a=1 b=2, or --set a=1 --set b=2)")
     p.add_argument("--segments", type=int, default=1024, help="training segments for the plan-accuracy check")
     p.add_argument("--checkpoint", type=Path, default=None, help="a checkpoint file of the run (default: the newest)")
     args = p.parse_args()
