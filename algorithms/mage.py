@@ -121,6 +121,9 @@ class TrainConfig:
     # (docs/mage.md)
     return_countdown: bool = False  # goal tasks with return_condition: R starts at target_return and rises by
     # 1 / discount a step (arrival asked for in log(target) / log(discount) steps, DT's countdown) instead of staying
+    return_target_expectile: float = 0.0  # > 0: every plan asks for this expectile of R given the rest of the
+    # condition, learnt from the data in stage 1 (ReturnTarget), instead of target_return (goal tasks: with
+    # return_condition)
     replan_every: int = 1  # environment steps between plans
     temperature: float = 0.0  # token sampling temperature at evaluation (0: argmax)
 
@@ -155,6 +158,9 @@ class TrajectoryData:
 def load_data(config: TrainConfig, device: torch.device) -> TrajectoryData:
     """Dataset -> trajectories -> per-step (R, s), conditions and actions in a device-side segment buffer."""
     task = get_task(config.task)
+    if task.goal_conditioned and config.return_target_expectile > 0 and not config.return_condition:
+        raise RunError("return_target_expectile > 0 needs --return_condition true on a goal task (R is a condition "
+                       "only then)")
     data, info = load_dataset(task, dataset_path=config.dataset_path, size=config.dataset_size,
                               seed=config.dataset_seed)
     obs, actions = data["observations"].astype(np.float32), data["actions"].astype(np.float32)
@@ -433,6 +439,26 @@ class LatentInverseDynamics(nn.Module):
         return self.net(h).view(-1, self.action_horizon, self.act_dim)
 
 
+class ReturnTarget(nn.Module):
+    """(choice) The R a plan asks for: an upper expectile of the data's R given the rest of the condition (s_t [, g]),
+    i.e. a fast arrival (goal tasks) or a high return (reward tasks) that the data shows from here, so the target is
+    ambitious but in distribution (a constant R = 1 is not, far from the goal). Trained in stage 1 (expectile
+    regression, as IQL's value)."""
+
+    def __init__(self, in_dim: int, hidden: int = 256) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
+                                 nn.Linear(hidden, 1))
+
+    def forward(self, rest: torch.Tensor) -> torch.Tensor:
+        return self.net(rest)[:, 0]
+
+
+def expectile_loss(pred: torch.Tensor, target: torch.Tensor, tau: float) -> torch.Tensor:
+    u = target.float() - pred.float()
+    return (torch.abs(tau - (u < 0).float()) * u.pow(2)).mean()
+
+
 # ============================================================================ (2) multi-scale transformer
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
               dropout: float) -> torch.Tensor:
@@ -578,6 +604,7 @@ class MAGE(nn.Module):
         self.inverse = LatentInverseDynamics(config.code_dim, L, cond_dim, act_dim, config.action_horizon)
         self.transformer = MultiScaleTransformer(config.scales, config.codebook_size, config.code_dim, cond_dim,
                                                  config.d_model, config.n_layers, config.n_heads, config.dropout)
+        self.return_target = ReturnTarget(cond_dim - 1) if config.return_target_expectile > 0 else None
         for m in self.modules():
             if isinstance(m, TimeConv):
                 m.as_matmul = config.conv_matmul
@@ -609,6 +636,10 @@ def autoencoder_loss(model: MAGE, batch: dict, config: TrainConfig):
     inv = masked_mse(act, batch["actions"][:, :A], mask[:, :A])
     loss = recon + vq_loss + config.w_inv * inv
     stats = {"ae/recon": recon.detach(), "ae/vq": vq_loss.detach(), "ae/inv": inv.detach()}  # tensors: no sync
+    if model.return_target is not None:  # cond = (R_t, rest): learn the expectile of R_t given the rest
+        target = expectile_loss(model.return_target(cond[:, 1:]), cond[:, 0], config.return_target_expectile)
+        loss = loss + target
+        stats["ae/return_target"] = target.detach()
     return loss, stats
 
 
@@ -703,6 +734,7 @@ def make_optimizer(model: MAGE, stage: str, config: TrainConfig, captured: bool 
     model.requires_grad_(False)
     if stage == "autoencoder":
         params = [*model.encoder.parameters(), *model.vq.parameters(), *model.inverse.parameters(),
+                  *(model.return_target.parameters() if model.return_target is not None else []),
                   *(p for n, p in model.decoder.named_parameters() if ".adapter." not in n)]
     elif stage == "transformer":
         params = list(model.transformer.parameters())
@@ -839,6 +871,10 @@ class MagePolicy:
 
     def _plan_actions(self, cond: torch.Tensor) -> torch.Tensor:
         """Condition [N, cond_dim] -> the next action_horizon actions [N, A, act_dim] (fp32)."""
+        if self.model.return_target is not None:  # R = the learnt expectile from here (goal tasks: R in [0, 1])
+            r = self.model.return_target(cond[:, 1:])
+            r = r.clamp(0.0, 1.0) if self.data.goal_conditioned else r
+            cond = torch.cat([r[:, None], cond[:, 1:]], 1)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.config.bf16 and cond.is_cuda):
             f_hat, _ = self.model.transformer.generate(cond, self.model.vq, self.config.temperature)
             return self.model.inverse(f_hat, cond).float()

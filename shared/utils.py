@@ -100,7 +100,7 @@ for _names, _rule in [
       "n_sample_steps"),
      (lambda v: v >= 0, ">= 0")),
     (("dropout", "attention_dropout", "residual_dropout", "embedding_dropout", "actor_dropout", "end_fraction",
-      "ema_decay"), (lambda v: 0 <= v < 1, "in [0, 1)")),
+      "ema_decay", "return_target_expectile"), (lambda v: 0 <= v < 1, "in [0, 1)")),
     (("discount", "filter_top_fraction", "tau", "phi_ratio"), (lambda v: 0 < v <= 1, "in (0, 1]")),
     (("expectile",), (lambda v: 0 < v < 1, "in (0, 1)")),
 ]:

@@ -238,3 +238,38 @@ def test_return_countdown_asks_for_arrival_one_step_nearer_each_step():
         seen.append(float(policy.condition(obs)[0, 0]))  # the R the last plan was conditioned on
     expected = [min(1.0, 0.5 / config.discount ** t) for t in range(80)]  # arrival asked for in 69 steps, then 1
     assert np.allclose(seen, expected, atol=1e-5) and seen[-1] == 1.0
+
+
+def test_expectile_loss_is_minimised_at_the_upper_expectile():
+    targets = torch.tensor([0.0, 0.1, 0.2, 0.9])
+    v = torch.zeros((), requires_grad=True)
+    opt = torch.optim.SGD([v], lr=0.5)
+    for _ in range(500):
+        opt.zero_grad()
+        mage.expectile_loss(v.expand(4), targets, 0.9).backward()
+        opt.step()
+    # the 0.9-expectile e solves sum 0.9 (t - e)+ = sum 0.1 (e - t)+ : far above the mean 0.3, below the max
+    e = v.item()
+    above, below = (targets - e).clamp_min(0).sum(), (e - targets).clamp_min(0).sum()
+    assert 0.3 < e < 0.9 and abs(0.9 * above - 0.1 * below) < 1e-4
+
+
+def test_a_learnt_return_target_replaces_the_fixed_one():
+    cfg = mage.TrainConfig(**SMALL, **TINY_DATA, return_condition=True, return_target_expectile=0.9)
+    data = mage.load_data(cfg, torch.device("cpu"))
+    torch.manual_seed(0)
+    model = mage.MAGE(cfg, 1 + data.obs_dim, data.cond_dim, data.act_dim)
+    obs = np.random.default_rng(0).uniform(0.5, 3.0, (3, data.obs_dim)).astype(np.float32)
+
+    def actions(config):
+        policy = mage.MagePolicy(model, data, config, torch.device("cpu"))
+        policy.reset(np.array([[3.0, 1.0]] * 3))
+        return policy.act(obs, np.zeros(3))
+
+    learnt = [actions(dataclasses.replace(cfg, target_return=r)) for r in (0.1, 0.9)]
+    assert np.allclose(*learnt)  # the plan's R comes from ReturnTarget, whatever target_return says
+    model.return_target = None  # as built with return_target_expectile 0: target_return is the plan's R
+    fixed = [actions(dataclasses.replace(cfg, target_return=r, return_target_expectile=0.0)) for r in (0.1, 0.9)]
+    assert not np.allclose(*fixed)
+    with pytest.raises(mage.RunError, match="needs --return_condition true"):
+        mage.load_data(dataclasses.replace(cfg, return_condition=False), torch.device("cpu"))
