@@ -21,13 +21,11 @@ import time
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from shared.datasets import ACTION_NOISE  # noqa: E402
-from shared.evaluation import evaluate  # noqa: E402
+from shared.evaluation import goal_behaviour  # noqa: E402
 from shared.mazes import WaypointPolicy  # noqa: E402
 from shared.tasks import get_task  # noqa: E402
 from shared.utils import atomic_write_json, git_commit  # noqa: E402
@@ -36,32 +34,13 @@ TASKS = ("maze2d-umaze", "maze2d-medium", "maze2d-large", "multi2d-umaze", "mult
 OUT = ROOT / "benchmarks" / "results" / "collector_scores.json"
 
 
-class Recording:
-    """A policy wrapper that keeps the rewards shown and the action sizes (arrival time, |a|)."""
-
-    def __init__(self, policy: WaypointPolicy) -> None:
-        self.policy, self.rewards, self.sizes = policy, [], []
-
-    def reset(self, goals: np.ndarray) -> None:
-        self.rewards, self.sizes = [], []
-        self.policy.reset(goals)
-
-    def act(self, obs: np.ndarray, last_rewards: np.ndarray) -> np.ndarray:
-        self.rewards.append(np.asarray(last_rewards, np.float32).copy())
-        action = self.policy.act(obs, last_rewards)
-        self.sizes.append(float(np.abs(action).mean()))
-        return action
-
-
 def measure(task: str, noise: float, episodes: int, eval_seed: int) -> dict:
     """Score, success and behaviour of the waypoint controller with action noise ``noise`` on one block of seeds."""
-    rec = Recording(WaypointPolicy(get_task(task).maze, noise=noise, seed=eval_seed))
-    result = evaluate(task, rec, episodes, eval_seed, num_envs=min(episodes, 50), progress=False)
-    rewards = np.stack(rec.rewards[1:])  # [T - 1, envs] of the last batch: the reward of step t is shown at t + 1
-    first = [int(np.argmax(col > 0)) for col in rewards.T if (col > 0).any()]
-    return {"normalized_score": round(result.score_mean, 2), "normalized_score_std": round(result.score_std, 2),
-            "success_rate": result.success_rate, "first_reward_step_median": float(np.median(first)) if first else None,
-            "mean_abs_action": round(float(np.mean(rec.sizes)), 3)}
+    b = goal_behaviour(task, WaypointPolicy(get_task(task).maze, noise=noise, seed=eval_seed), episodes, eval_seed,
+                       num_envs=min(episodes, 50))
+    return {"normalized_score": round(b["score"], 2), "normalized_score_std": round(b["score_std"], 2),
+            "success_rate": b["reached"], "first_reward_step_median": b["first_reward_step_median"],
+            "mean_abs_action": round(b["mean_abs_action"], 3)}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

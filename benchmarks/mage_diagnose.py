@@ -30,50 +30,28 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from shared.evaluation import evaluate, make_eval_env  # noqa: E402
+from shared.evaluation import goal_behaviour, make_eval_env  # noqa: E402
 from shared.utils import RunError, load_latest_checkpoint, load_script  # noqa: E402
 
 mage = load_script(ROOT / "algorithms" / "mage.py", "mage")
 
 
-class RecordingPolicy(mage.MagePolicy):
-    """MagePolicy that keeps the rewards it is shown and the size of its actions; ``track`` > 0 follows the decoded
-    plan's state ``track`` steps ahead with Diffuser's maze controller instead of the inverse-dynamics head."""
+class TrackingPolicy(mage.MagePolicy):
+    """MagePolicy that follows the decoded plan's state ``track`` steps ahead with Diffuser's maze controller instead
+    of the inverse-dynamics head."""
 
-    def __init__(self, *args, track: int = 0) -> None:
+    def __init__(self, *args, track: int) -> None:
         super().__init__(*args)
-        self.track, self.rewards, self.action_sizes = track, [], []
-
-    def reset(self, goals: np.ndarray) -> None:
-        super().reset(goals)
-        self.rewards, self.action_sizes = [], []
+        self.track = track
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, last_rewards: np.ndarray) -> np.ndarray:
-        self.rewards.append(np.asarray(last_rewards, np.float32).copy())
-        if not self.track:
-            action = super().act(obs, last_rewards)
-        else:
-            cond = self.condition(obs)
-            self.model.eval()
-            f_hat, _ = self.model.transformer.generate(cond, self.model.vq, self.config.temperature)
-            plan = self.model.decode(f_hat, cond)[:, self.track, 1:].float().cpu().numpy()
-            target = plan * self.data.obs_norm.std + self.data.obs_norm.mean
-            action = np.clip((target[:, :2] - obs[:, :2]) + (target[:, 2:4] - obs[:, 2:4]), -1.0, 1.0)
-        self.action_sizes.append(float(np.abs(action).mean()))
-        return action
-
-
-def behaviour(task: str, policy: RecordingPolicy, episodes: int, seed: int) -> dict:
-    result = evaluate(task, policy, episodes, seed, num_envs=episodes, progress=False)
-    rewards = np.stack(policy.rewards[1:])  # [T - 1, episodes]: reward of step t is shown at step t + 1
-    first = [int(np.argmax(col > 0)) if (col > 0).any() else -1 for col in rewards.T]
-    reached = [f for f in first if f >= 0]
-    at_goal = [float((col[f:] > 0).mean()) for col, f in zip(rewards.T, first) if f >= 0]
-    return {"score": result.score_mean, "reached": result.success_rate,
-            "first_reward_step_median": float(np.median(reached)) if reached else float("nan"),
-            "time_at_goal_after_arrival": float(np.mean(at_goal)) if at_goal else 0.0,
-            "mean_abs_action": float(np.mean(policy.action_sizes))}
+        cond = self.condition(obs)
+        self.model.eval()
+        f_hat, _ = self.model.transformer.generate(cond, self.model.vq, self.config.temperature)
+        plan = self.model.decode(f_hat, cond)[:, self.track, 1:].float().cpu().numpy()
+        target = plan * self.data.obs_norm.std + self.data.obs_norm.mean
+        return np.clip((target[:, :2] - obs[:, :2]) + (target[:, 2:4] - obs[:, 2:4]), -1.0, 1.0)
 
 
 @torch.no_grad()
@@ -139,12 +117,12 @@ def main() -> None:
     device = torch.device("cpu")
     print(f"data: mean |action| {np.abs(data.buffer.fields['actions'].numpy()).mean():.2f}")
     plan_accuracy(model, data, args.segments, config.seed)
-    rows = {"inverse-dynamics head": behaviour(config.task, RecordingPolicy(model, data, config, device),
-                                               args.episodes, config.eval_seed)}
+    policies = {"inverse-dynamics head": mage.MagePolicy(model, data, config, device)}
     if args.track:
-        rows[f"controller on plan step {args.track}"] = behaviour(
-            config.task, RecordingPolicy(model, data, config, device, track=args.track), args.episodes,
-            config.eval_seed)
+        policies[f"controller on plan step {args.track}"] = TrackingPolicy(model, data, config, device,
+                                                                           track=args.track)
+    rows = {name: goal_behaviour(config.task, policy, args.episodes, config.eval_seed, num_envs=args.episodes)
+            for name, policy in policies.items()}
     for name, row in rows.items():
         print(f"{name:28s} " + "  ".join(f"{k} {v:.2f}" for k, v in row.items()))
     env = make_eval_env(config.task)

@@ -52,6 +52,46 @@ class EvalResult:
         return asdict(self)
 
 
+class Recorder:
+    """Wraps a Policy and keeps, per wave of episodes, the rewards it is shown and the size of its actions (for
+    ``goal_behaviour``)."""
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy, self.waves = policy, []  # per wave: (rewards [T, N], mean |action| per step [T])
+
+    def reset(self, goals: np.ndarray) -> None:
+        self.waves.append(([], []))
+        self.policy.reset(goals)
+
+    def act(self, obs: np.ndarray, last_rewards: np.ndarray) -> np.ndarray:
+        rewards, sizes = self.waves[-1]
+        rewards.append(np.asarray(last_rewards, np.float32).copy())
+        action = self.policy.act(obs, last_rewards)
+        sizes.append(float(np.abs(action).mean()))
+        return action
+
+
+def goal_behaviour(task: str, policy: Policy, episodes: int, seed: int, num_envs: int = 50) -> Dict[str, Any]:
+    """How a policy reaches a goal task's goal, evaluated as ``evaluate`` does: normalised score (mean, std), share of
+    episodes reaching the goal, median step of the first reward, share of the steps after arrival spent at the goal,
+    mean |action|."""
+    rec = Recorder(policy)
+    result = evaluate(task, rec, episodes, seed, num_envs=num_envs, progress=False)
+    first, at_goal, sizes = [], [], []
+    for rewards, wave_sizes in rec.waves:
+        shown = np.stack(rewards[1:])  # [T - 1, N]: the reward of step t is shown at step t + 1
+        for col in shown.T:
+            if (col > 0).any():
+                f = int(np.argmax(col > 0))
+                first.append(f)
+                at_goal.append(float((col[f:] > 0).mean()))
+        sizes += wave_sizes
+    return {"score": result.score_mean, "score_std": result.score_std, "reached": result.success_rate,
+            "first_reward_step_median": float(np.median(first)) if first else float("nan"),
+            "time_at_goal_after_arrival": float(np.mean(at_goal)) if at_goal else 0.0,
+            "mean_abs_action": float(np.mean(sizes))}
+
+
 class RandomPolicy:
     """Uniform actions in [-1, 1]; each episode draws from its own generator seeded by (seed, episode index)."""
 
