@@ -193,31 +193,32 @@ def fmt(x: Optional[float]) -> str:
     return "—" if x is None else f"{x:.1f}"
 
 
-BUDGET_KEYS = ("steps", "ae_steps", "tf_steps", "e2e_steps", "batch_size")  # what makes a run's budget
+# what a run's result depends on that committed configs have changed: the budget, and MAGE's return condition
+STALE_KEYS = ("steps", "ae_steps", "tf_steps", "e2e_steps", "batch_size", "return_condition")
 
 
 @lru_cache(maxsize=None)
 def committed_budget(algo: str, task: str) -> tuple[tuple[str, object], ...]:
-    """The budget fields that ``configs/<algo>/<task>.yaml`` sets (empty when there is no such config)."""
+    """The ``STALE_KEYS`` that ``configs/<algo>/<task>.yaml`` sets (empty when there is no such config)."""
     path = ROOT / "configs" / algo / f"{task}.yaml"
     if not path.is_file():
         return ()
     import yaml
 
     values = yaml.safe_load(path.read_text()) or {}
-    return tuple((k, values[k]) for k in BUDGET_KEYS if k in values)
+    return tuple((k, values[k]) for k in STALE_KEYS if k in values)
 
 
 def stale(cell: Cell) -> bool:
-    """Some run of the cell trained with another budget than its committed config sets now (a config changed after
-    the run): the cell is marked until it is re-run."""
+    """Some run of the cell trained with another budget (or return condition) than its committed config sets now (a
+    config changed after the run): the cell is marked until it is re-run."""
     algo = load_variants().get(cell.name, (cell.name, []))[0]
     budget = committed_budget(algo, cell.task)
     return any(k in (r.get("config") or {}) and r["config"][k] != v for r in cell.runs for k, v in budget)
 
 
-STALE_NOTE = ("†: trained with another budget (steps or batch size) than the committed config now sets; to be "
-              "re-run.")
+STALE_NOTE = ("†: trained with another budget (steps or batch size) or return condition than the committed config "
+              "now sets; to be re-run.")
 
 
 def score_cell(cell: Optional[Cell], bold: bool) -> str:
