@@ -28,7 +28,7 @@ from shared.buffer import Normalizer, SegmentBuffer, goal_returns_to_go, returns
 from shared.datasets import load_dataset  # noqa: E402
 from shared.evaluation import evaluate, require_evaluation  # noqa: E402
 from shared.logger import Logger, finish_run, prepare_run_dir  # noqa: E402
-from shared.tasks import get_task, goal_radius, is_point_maze  # noqa: E402
+from shared.tasks import get_task, goal_radius  # noqa: E402
 from shared.training import (  # noqa: E402
     EMA, Stage, captured, fused, load_optimizer, make_step, resume_point, train_loop, use_graphs,
 )
@@ -59,8 +59,6 @@ class TrainConfig:
     patch: int = 2  # temporal downsampling of the encoder: latent length L = horizon / patch (power of 2)
     discount: float = 0.99  # goal tasks: R_t = discount^(steps to the goal); reward tasks: RTG discount
     rtg_scale: float = 1.0  # reward tasks: returns-to-go are divided by this
-    goal_absorbing: bool = False  # goal tasks: a segment rests at its goal once it reaches it (see absorb_goal;
-    # tiny CPU runs: more time at the goal, fewer episodes reaching it; not yet tried at GPU scale)
     end_fraction: float = 0.0  # share of each batch starting in the last end_window steps of a trajectory
     end_window: int = 8  # goal tasks: the steps that reach the goal (the only data showing how to stop there)
     # --- (1) multi-scale autoencoder
@@ -80,12 +78,7 @@ class TrainConfig:
     # --- (3) condition-guided decoder and inverse dynamics
     decoder_condition: bool = True  # condition the decoder on (R_t, s_t [, g]) (False: the paper's ablation)
     adapter_dim: int = 64  # bottleneck width of the decoder adapters (trained in the end-to-end stage)
-    action_horizon: int = 1  # actions predicted from one plan (replan_every <= action_horizon)
     gumbel_tau: float = 1.0  # Gumbel-Softmax temperature in end-to-end fine-tuning
-    e2e_token_temperature: float = 1.0  # stage-3 token choice: 1 = Gumbel samples of the transformer's distribution;
-    # 0 = argmax tokens (as evaluation plans) with the straight-through softmax gradient
-    e2e_free_running: bool = True  # stage 3 generates scale inputs itself (False: teacher-forced, the paper's reading
-    # is ambiguous; the teacher-forced head learnt to replay logged action noise in our first GPU runs)
     inverse_stage2: bool = True  # the head also learns L_inv in stage 2, on the latent of the predicted tokens
     w_inv: float = 1.0  # weight of L_inv (action from the latent)
     w_cond: float = 1.0  # weight of L_cond (first decoded step matches the condition)
@@ -119,12 +112,9 @@ class TrainConfig:
     return_condition: bool = False  # goal tasks: also condition on R_t (reward tasks always do). Off by default: the
     # hindsight R = discount^(steps to g) is fixed by (s, g), and a target of 1 far from g is out of distribution
     # (docs/mage.md)
-    return_countdown: bool = False  # goal tasks with return_condition: R starts at target_return and rises by
-    # 1 / discount a step (arrival asked for in log(target) / log(discount) steps, DT's countdown) instead of staying
     return_target_expectile: float = 0.0  # > 0: every plan asks for this expectile of R given the rest of the
     # condition, learnt from the data in stage 1 (ReturnTarget), instead of target_return (goal tasks: with
     # return_condition)
-    replan_every: int = 1  # environment steps between plans
     temperature: float = 0.0  # token sampling temperature at evaluation (0: argmax)
 
     def __post_init__(self) -> None:
@@ -152,7 +142,6 @@ class TrajectoryData:
     cond_dim: int
     goal_conditioned: bool
     info: dict  # dataset source and recipe, for the results file
-    rest_state: Optional[torch.Tensor] = None  # normalised state dims 2: of resting at a goal (maze: zero velocity)
 
 
 def load_data(config: TrainConfig, device: torch.device) -> TrajectoryData:
@@ -184,35 +173,8 @@ def load_data(config: TrainConfig, device: torch.device) -> TrajectoryData:
                            end_window=config.end_window)
     print(f"[mage] {config.task}: {len(obs):,} transitions, {buffer.num_trajectories:,} trajectories, "
           f"data = {info['source']}")
-    rest = None  # (choice) point-maze states are (x, y, vx, vy): resting = zero velocity; others hold the arrival state
-    if is_point_maze(task):
-        rest = torch.as_tensor(obs_norm.normalize(np.zeros((1, obs.shape[1]), np.float32))[0, 2:], device=device)
     return TrajectoryData(buffer, obs_norm, obs.shape[1], actions.shape[1], cond.shape[1],
-                          task.goal_conditioned, info, rest)
-
-
-def absorb_goal(batch: dict, discount: float, rest_state: Optional[torch.Tensor]) -> dict:
-    """(choice) Goal tasks: the steps of a segment from its arrival at the (hindsight) goal on become "resting at
-    the goal": position of arrival, resting state, R = 1, action 0.
-
-    R_t = discount^(steps to the goal) tells where the goal is reached. Without this, every segment that starts at
-    its goal shows the data collector leaving for its next goal, so a plan conditioned on "at the goal" leaves it,
-    while the evaluation rewards every step spent there (and R already treats the goal as absorbing).
-    """
-    x, mask, horizon = batch["x"], batch["mask"], batch["x"].shape[1]
-    r0 = x[:, 0, 0].float()
-    hit = torch.where(r0 > 0, torch.round(torch.log(r0.clamp_min(1e-12)) / math.log(discount)),
-                      torch.full_like(r0, horizon)).long()  # step of arrival within the segment (H: none)
-    j = torch.arange(horizon, device=x.device)
-    after = j[None] > hit[:, None]  # [B, H]
-    at_hit = x.gather(1, hit.clamp(max=horizon - 1)[:, None, None].expand(-1, 1, x.shape[2]))
-    tail = at_hit[..., 3:] if rest_state is None else rest_state.to(x.dtype).expand_as(at_hit[..., 3:])
-    rest = torch.cat([torch.ones_like(at_hit[..., :1]), at_hit[..., 1:3], tail], -1)
-    out = dict(batch)
-    out["x"] = torch.where(after[..., None], rest, x)
-    out["mask"] = torch.maximum(mask, after.to(mask.dtype))  # resting past the trajectory's end is valid too
-    out["actions"] = torch.where((j[None] >= hit[:, None])[..., None], 0.0, batch["actions"])
-    return out
+                          task.goal_conditioned, info)
 
 
 # ============================================================================ (1) multi-scale trajectory autoencoder
@@ -323,12 +285,10 @@ class MultiScaleVQ(nn.Module):
             q = q @ getattr(self, f"up{k}").to(q.dtype)
         return (1 - self.phi_ratio) * q + self.phi_ratio * self.phi[k](q)
 
-    def embed_sequence(self, idx: Optional[torch.Tensor] = None, onehot: Optional[torch.Tensor] = None):
-        """sum_k z_k from the tokens of all scales in one flat sequence [B, sum l_k] (or its one-hots)."""
+    def embed_sequence(self, idx: torch.Tensor) -> torch.Tensor:
+        """sum_k z_k from the tokens of all scales in one flat sequence [B, sum l_k]."""
         bounds = np.cumsum([0] + self.scales).tolist()  # Python ints (torch.compile traces them as constants)
-        return sum(self.embed_scale(k, None if idx is None else idx[:, lo:hi],
-                                    None if onehot is None else onehot[:, lo:hi])
-                   for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])))
+        return sum(self.embed_scale(k, idx[:, lo:hi]) for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])))
 
     def next_input(self, f_hat: torch.Tensor, k: int) -> torch.Tensor:
         """VAR's teacher input for scale k+1: the accumulated latent area-downsampled to l_{k+1}, [B, l, dim]."""
@@ -418,25 +378,23 @@ class ConditionGuidedDecoder(nn.Module):
 
 
 class LatentInverseDynamics(nn.Module):
-    """a_t (.. a_{t+A-1}) = I(sum_k z_k, condition): actions read off the aggregated latent (L_inv).
+    """a_t = I(sum_k z_k, condition): the action read off the aggregated latent (L_inv).
 
     (choice) The latent and the condition enter through separate input layers (a shared one, initialised for the
     ~1000 latent inputs, would start the few condition inputs near zero) and ReLU units: a maze action is a sharp
     function of the state (waypoint switches), which ReLU MLPs fit better (lower L_inv than SiLU in our tests).
     """
 
-    def __init__(self, code_dim: int, length: int, cond_dim: int, act_dim: int, action_horizon: int,
-                 hidden: int = 512) -> None:
+    def __init__(self, code_dim: int, length: int, cond_dim: int, act_dim: int, hidden: int = 512) -> None:
         super().__init__()
-        self.act_dim, self.action_horizon = act_dim, action_horizon
         self.latent_in = nn.Linear(code_dim * length, hidden)
         self.cond_in = nn.Linear(cond_dim, hidden)
         self.net = nn.Sequential(nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, act_dim * action_horizon), nn.Tanh())
+                                 nn.Linear(hidden, act_dim), nn.Tanh())
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         h = self.cond_in(cond) + self.latent_in(z.flatten(1))
-        return self.net(h).view(-1, self.action_horizon, self.act_dim)
+        return self.net(h)
 
 
 class ReturnTarget(nn.Module):
@@ -547,12 +505,12 @@ class MultiScaleTransformer(nn.Module):
             h = block(h, c, self.mask)
         return self.logits(h, c)
 
-    def generate(self, cond: torch.Tensor, vq: MultiScaleVQ, temperature: float = 0.0, gumbel_tau: float = 0.0,
-                 sample_temperature: float = 1.0):
+    def generate(self, cond: torch.Tensor, vq: MultiScaleVQ, temperature: float = 0.0, gumbel_tau: float = 0.0):
         """K forward passes (one per scale) with a KV cache. Returns (f_hat [B, dim, L], token maps).
 
-        gumbel_tau > 0 makes straight-through one-hots (``relaxed_onehot``), so the whole generation stays
-        differentiable (end-to-end stage); otherwise argmax (temperature 0) or sampling, under no_grad at test time.
+        gumbel_tau > 0 draws straight-through Gumbel-Softmax one-hots (hard tokens forward, softmax(logits / tau)
+        backward), so the whole generation stays differentiable (end-to-end stage); otherwise argmax (temperature 0)
+        or sampling, under no_grad at test time.
         """
         c = self.cond_embed(cond)
         caches: list[list] = [[] for _ in self.blocks]
@@ -563,7 +521,7 @@ class MultiScaleTransformer(nn.Module):
                 h = block(h, c, None, cache)  # new tokens see all cached (coarser) ones and their own scale
             logits = self.logits(h, c).float()
             if gumbel_tau > 0:
-                onehot = relaxed_onehot(logits, gumbel_tau, sample_temperature)
+                onehot = F.gumbel_softmax(logits, tau=gumbel_tau, hard=True)
                 idx_list.append(onehot.argmax(-1))
                 z = vq.embed_scale(k, onehot=onehot)
             else:
@@ -580,16 +538,6 @@ class MultiScaleTransformer(nn.Module):
         return f_hat, idx_list
 
 
-def relaxed_onehot(logits: torch.Tensor, tau: float, sample_temperature: float) -> torch.Tensor:
-    """Straight-through one-hot tokens: the forward pass uses hard tokens, the backward pass softmax(logits / tau).
-    sample_temperature > 0 draws them (Gumbel-Softmax on logits / sample_temperature); 0 takes the argmax."""
-    if sample_temperature > 0:
-        return F.gumbel_softmax(logits / sample_temperature, tau=tau, hard=True)
-    soft = F.softmax(logits / tau, -1)
-    hard = F.one_hot(soft.argmax(-1), soft.shape[-1]).to(soft.dtype)
-    return hard - soft.detach() + soft
-
-
 # ============================================================================ (3) MAGE = the three parts together
 class MAGE(nn.Module):
     def __init__(self, config: TrainConfig, x_dim: int, cond_dim: int, act_dim: int) -> None:
@@ -601,7 +549,7 @@ class MAGE(nn.Module):
         self.vq = MultiScaleVQ(config.scales, config.codebook_size, config.code_dim, config.beta, config.phi_ratio)
         self.decoder = ConditionGuidedDecoder(x_dim, config.ae_channels, config.code_dim, cond_dim, config.patch,
                                               config.ae_blocks, config.adapter_dim)
-        self.inverse = LatentInverseDynamics(config.code_dim, L, cond_dim, act_dim, config.action_horizon)
+        self.inverse = LatentInverseDynamics(config.code_dim, L, cond_dim, act_dim)
         self.transformer = MultiScaleTransformer(config.scales, config.codebook_size, config.code_dim, cond_dim,
                                                  config.d_model, config.n_layers, config.n_heads, config.dropout)
         self.return_target = ReturnTarget(cond_dim - 1) if config.return_target_expectile > 0 else None
@@ -632,8 +580,7 @@ def autoencoder_loss(model: MAGE, batch: dict, config: TrainConfig):
     f_st, idx_list, vq_loss, zs = model.vq(model.encoder(x))
     recon = masked_mse(model.decode(f_st, cond), x, mask)
     act = model.inverse(f_st.detach(), cond)  # pre-training only: the encoder is not pushed to store action noise
-    A = config.action_horizon
-    inv = masked_mse(act, batch["actions"][:, :A], mask[:, :A])
+    inv = masked_mse(act, batch["actions"][:, 0], mask[:, 0])
     loss = recon + vq_loss + config.w_inv * inv
     stats = {"ae/recon": recon.detach(), "ae/vq": vq_loss.detach(), "ae/inv": inv.detach()}  # tensors: no sync
     if model.return_target is not None:  # cond = (R_t, rest): learn the expectile of R_t given the rest
@@ -686,8 +633,7 @@ def transformer_loss(model: MAGE, batch: dict, config: TrainConfig):
         # function), and on plan-like latents: predicted tokens carry the plan but not the logged action noise
         with torch.no_grad():
             f_pred = model.vq.embed_sequence(pred)
-        A = config.action_horizon
-        inv = masked_mse(model.inverse(f_pred, cond), batch["actions"][:, :A], batch["mask"][:, :A])
+        inv = masked_mse(model.inverse(f_pred, cond), batch["actions"][:, 0], batch["mask"][:, 0])
         loss = loss + config.w_inv * inv
         stats["tf/inv"] = inv.detach()
     return loss, stats
@@ -699,8 +645,9 @@ def end_to_end_loss(model: MAGE, batch: dict, config: TrainConfig):
 
     Free-running (not teacher-forced) generation matters: a latent encoded from the true segment also encodes the
     noise of the logged actions, so an inverse-dynamics head fed with it learns to replay noise; fed with generated
-    latents it learns the action expected under the plan. The teacher-forced cross-entropy keeps the transformer
-    close to the data's token distribution.
+    latents it learns the action expected under the plan (a teacher-forced stage 3, where every scale's tokens came
+    from logits on the true coarser scales, learnt to replay the logged action noise in our first GPU runs). The
+    teacher-forced cross-entropy keeps the transformer close to the data's token distribution.
     """
     x, cond, mask = batch["x"], batch["cond"][:, 0], batch["mask"]
     with torch.no_grad():
@@ -708,14 +655,8 @@ def end_to_end_loss(model: MAGE, batch: dict, config: TrainConfig):
         inputs = model.teacher_inputs(zs)
     logits = model.transformer(cond, inputs)
     ce = F.cross_entropy(logits.float().flatten(0, 1), torch.cat(idx_list, 1).flatten())
-    if config.e2e_free_running:
-        f_gen, _ = model.transformer.generate(cond, model.vq, gumbel_tau=config.gumbel_tau,
-                                              sample_temperature=config.e2e_token_temperature)
-    else:  # teacher-forced: every scale's tokens come from logits computed on the true coarser scales
-        onehot = relaxed_onehot(logits.float(), config.gumbel_tau, config.e2e_token_temperature)
-        f_gen = model.vq.embed_sequence(onehot=onehot)
-    A = config.action_horizon
-    inv = masked_mse(model.inverse(f_gen, cond), batch["actions"][:, :A], mask[:, :A])
+    f_gen, _ = model.transformer.generate(cond, model.vq, gumbel_tau=config.gumbel_tau)
+    inv = masked_mse(model.inverse(f_gen, cond), batch["actions"][:, 0], mask[:, 0])
     loss = config.w_ce * ce + config.w_inv * inv
     cond_err = ce.new_zeros(())
     if config.decoder_condition:  # L_cond on the first decoded step, learnt by the adapters
@@ -767,10 +708,7 @@ def update(model: MAGE, optimizer: torch.optim.Optimizer, batch: dict, config: T
 
 
 def sample_batch(data: TrajectoryData, config: TrainConfig) -> dict:
-    batch = data.buffer.sample(config.batch_size, end_fraction=config.end_fraction)
-    if data.goal_conditioned and config.goal_absorbing:
-        batch = absorb_goal(batch, config.discount, data.rest_state)
-    return batch
+    return data.buffer.sample(config.batch_size, end_fraction=config.end_fraction)
 
 
 def lr_factor(step_in_stage: int, stage_steps: int, warmup: int) -> float:
@@ -859,18 +797,16 @@ def train(config: TrainConfig, data: TrajectoryData, model: MAGE, run_dir: Path,
 # ============================================================================ evaluation
 class MagePolicy:
     """Plans K scales from (s_t, R_t [, g]) and acts with the latent inverse-dynamics head (shared.evaluation's
-    Policy protocol). Replans every ``replan_every`` steps; reward tasks lower R by the rewards received (as DT).
+    Policy protocol). Plans at every step; reward tasks lower R by the rewards received (as DT).
     On CUDA with ``compile`` the K-pass plan is a CUDA graph per batch size (captured at the first plan of that
     size, replayed after, on the live weights): keep one policy for every evaluation of a run."""
 
     def __init__(self, model: MAGE, data: TrajectoryData, config: TrainConfig, device: torch.device) -> None:
-        if config.replan_every > config.action_horizon:
-            raise RunError(f"replan_every ({config.replan_every}) > action_horizon ({config.action_horizon})")
         self.model, self.data, self.config, self.device = model, data, config, device
         self.plan_actions = captured(self._plan_actions, use_graphs(config.compile, device))
 
     def _plan_actions(self, cond: torch.Tensor) -> torch.Tensor:
-        """Condition [N, cond_dim] -> the next action_horizon actions [N, A, act_dim] (fp32)."""
+        """Condition [N, cond_dim] -> the action [N, act_dim] (fp32)."""
         if self.model.return_target is not None:  # R = the learnt expectile from here (goal tasks: R in [0, 1])
             r = self.model.return_target(cond[:, 1:])
             r = r.clamp(0.0, 1.0) if self.data.goal_conditioned else r
@@ -884,20 +820,13 @@ class MagePolicy:
         self.goal_n = self.data.obs_norm.goal().normalize(goals).astype(np.float32)
         scale = 1.0 if self.data.goal_conditioned else self.config.rtg_scale
         self.rtg = np.full(n, self.config.target_return / scale, np.float32)
-        self.t, self.plan = 0, None
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, last_rewards: np.ndarray) -> np.ndarray:
         if not self.data.goal_conditioned:
             self.rtg = self.rtg - last_rewards.astype(np.float32) / self.config.rtg_scale
-        elif self.config.return_countdown and self.t > 0:  # one step nearer the asked-for arrival
-            self.rtg = np.minimum(self.rtg / self.config.discount, 1.0).astype(np.float32)
-        k = self.t % self.config.replan_every
-        if k == 0:
-            self.model.eval()
-            self.plan = self.plan_actions(self.condition(obs)).cpu().numpy()
-        self.t += 1
-        return np.clip(self.plan[:, k], -1.0, 1.0)
+        self.model.eval()
+        return np.clip(self.plan_actions(self.condition(obs)).cpu().numpy(), -1.0, 1.0)
 
     def condition(self, obs: np.ndarray) -> torch.Tensor:
         """(R_t, s_t) on reward tasks, (s_t, g) on goal tasks ((R_t, s_t, g) with return_condition), as in load_data."""

@@ -25,8 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "mage-k1": ("mage", ["--scales", "[32]"]),  # one scale: all tokens in one pass (K = 1)
     "mage-nodeccond": ("mage", ["--decoder_condition", "false"]),  # decoder without the condition, no L_cond
-    # stage 3 teacher-forced (every scale's tokens drawn given the true coarser scales) instead of free-running
-    "mage-teacherforced": ("mage", ["--e2e_free_running", "false"]),
     # goal-conditioned baselines on maze2d (the protocol before issue 13; on multi2d they equal bc / iql / dt):
     # the goal (hindsight collection goal in training) instead of the paper's (observation, reward) only
     "bc-goal": ("bc", ["--goal_input", "true"]),

@@ -332,8 +332,7 @@ class Bench:
         cond_dim = cond.shape[1]
         buffer = SegmentBuffer({"x": x, "cond": cond, "actions": a["actions"]}, bounds, c.horizon, dev,
                                end_window=c.end_window)
-        rest = torch.zeros(OBS_DIM - 2, device=dev)  # identity normalisation: zero velocity stays zero
-        self.data = m.TrajectoryData(buffer, identity_norm(OBS_DIM), OBS_DIM, ACT_DIM, cond_dim, True, {}, rest)
+        self.data = m.TrajectoryData(buffer, identity_norm(OBS_DIM), OBS_DIM, ACT_DIM, cond_dim, True, {})
         self.model = m.MAGE(c, 1 + OBS_DIM, cond_dim, ACT_DIM).to(dev)
         self.stages = lambda: m.training_stages(c, self.data, self.model, dev)
         self.make_policy = lambda: m.MagePolicy(self.model, self.data, c, dev)

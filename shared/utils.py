@@ -93,7 +93,7 @@ for _names, _rule in [
     (("batch_size", "steps", "horizon", "patch", "seq_len", "episode_len", "codebook_size", "code_dim",
       "ae_channels", "ae_blocks", "d_model", "n_layers", "n_heads", "hidden_dim", "embedding_dim", "dim", "kernel_size",
       "n_diffusion_steps", "n_plans", "ema_every", "num_eval_envs", "eval_episodes", "log_every",
-      "checkpoint_every", "action_horizon", "dataset_size", "lr", "e2e_lr", "actor_lr", "qf_lr",
+      "checkpoint_every", "dataset_size", "lr", "e2e_lr", "actor_lr", "qf_lr",
       "vf_lr", "gumbel_tau"), (lambda v: v > 0, "> 0")),
     (("ae_steps", "tf_steps", "e2e_steps", "warmup_steps", "eval_every", "eval_episodes_during", "weight_decay",
       "grad_clip", "dead_code_every", "end_window", "temperature", "n_guide_steps", "ema_start", "adapter_dim",

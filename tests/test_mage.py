@@ -112,22 +112,6 @@ def test_single_scale_k1_runs_every_stage():
     assert f_hat.shape == (8, config.code_dim, 8) and len(idx) == 1
 
 
-def test_goal_absorbing_segments_rest_at_the_goal_after_arrival():
-    gamma, horizon = 0.99, 8
-    x = torch.randn(2, horizon, 5)
-    x[0, :, 0] = torch.tensor([gamma ** (3 - j) if j <= 3 else 0.2 for j in range(horizon)])  # arrives at step 3
-    x[1, :, 0] = 0.0  # never arrives
-    actions = torch.randn(2, horizon, 2)
-    batch = {"x": x, "mask": torch.ones(2, horizon), "cond": x, "actions": actions}
-    rest = torch.tensor([-0.5, 0.25])
-    out = mage.absorb_goal(batch, gamma, rest)
-    assert torch.equal(out["x"][:, :4], x[:, :4]) and torch.equal(out["x"][1], x[1])
-    assert torch.equal(out["x"][0, 4:, 1:3], x[0, 3:4, 1:3].expand(4, 2))  # position of arrival
-    assert torch.equal(out["x"][0, 4:, 3:], rest.expand(4, 2)) and torch.all(out["x"][0, 3:, 0] == 1)
-    assert torch.equal(out["actions"][0, :3], actions[0, :3]) and not out["actions"][0, 3:].any()
-    assert torch.equal(out["actions"][1], actions[1])
-
-
 @pytest.mark.slow
 def test_autoencoder_and_transformer_overfit_a_tiny_batch():
     config, model = small_model(lr=1e-3)
@@ -223,21 +207,6 @@ def test_stage2_trains_the_head_on_predicted_token_latents():
     assert all(torch.equal(a, b) for a, b in zip(encoder_before, model.encoder.parameters()))
     _, stats = mage.transformer_loss(model, batch, dataclasses.replace(config, inverse_stage2=False))
     assert "tf/inv" not in stats
-
-
-def test_return_countdown_asks_for_arrival_one_step_nearer_each_step():
-    config = mage.TrainConfig(**SMALL, **TINY_DATA, return_condition=True, return_countdown=True, target_return=0.5)
-    data = mage.load_data(config, torch.device("cpu"))
-    model = mage.MAGE(config, 1 + data.obs_dim, data.cond_dim, data.act_dim)
-    policy = mage.MagePolicy(model, data, config, torch.device("cpu"))
-    policy.reset(np.array([[1.0, 1.0], [2.0, 1.0]]))
-    obs = np.zeros((2, data.obs_dim), np.float32)
-    seen = []
-    for _ in range(80):
-        policy.act(obs, np.zeros(2))
-        seen.append(float(policy.condition(obs)[0, 0]))  # the R the last plan was conditioned on
-    expected = [min(1.0, 0.5 / config.discount ** t) for t in range(80)]  # arrival asked for in 69 steps, then 1
-    assert np.allclose(seen, expected, atol=1e-5) and seen[-1] == 1.0
 
 
 def test_expectile_loss_is_minimised_at_the_upper_expectile():
