@@ -74,7 +74,7 @@ def plan_accuracy(model, data, segments: int, seed: int) -> None:
     print(f"  holding the current state            {position_error(x[:, :1].expand_as(x))}")
     logged = batch["actions"][:, 0]
     for name, f in (("true", f_true), ("generated", f_gen)):
-        act = model.inverse(f, cond)[:, 0]
+        act = model.inverse(f, cond)
         cos = torch.nn.functional.cosine_similarity(act, logged).mean()
         print(f"  head on {name:9s} latents: action mse {(act - logged).pow(2).mean():.3f}, cosine {cos:.2f}, "
               f"mean |a| {act.abs().mean():.2f}")
