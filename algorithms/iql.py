@@ -37,7 +37,7 @@ from shared.evaluation import evaluate, require_evaluation  # noqa: E402
 from shared.logger import Logger, finish_run, prepare_run_dir  # noqa: E402
 from shared.tasks import algo_inputs, get_task, goal_input, goal_radius  # noqa: E402
 from shared.training import (  # noqa: E402
-    Stage, captured, load_optimizer, make_optimizer, make_step, resume_point, train_loop, use_graphs,
+    Stage, captured, expectile_loss, load_optimizer, make_optimizer, make_step, resume_point, train_loop, use_graphs,
 )
 from shared.utils import (  # noqa: E402
     RunError, check_data_fits, device_name, load_latest_checkpoint, resolve_device, rng_state, run_main, set_seed,
@@ -238,11 +238,6 @@ class IQL(nn.Module):
         self.vf = mlp(in_dim, 1, config.hidden_dim, config.n_layers)
         self.actor = Actor(in_dim, act_dim, config.hidden_dim, config.n_layers, config.actor_dropout,
                            config.deterministic_actor)
-
-
-def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
-    weight = torch.where(diff > 0, expectile, 1.0 - expectile)
-    return (weight * diff.pow(2)).mean()
 
 
 def iql_losses(model: IQL, batch: dict, config: TrainConfig) -> tuple[dict, dict]:

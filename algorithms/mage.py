@@ -30,7 +30,7 @@ from shared.evaluation import evaluate, require_evaluation  # noqa: E402
 from shared.logger import Logger, finish_run, prepare_run_dir  # noqa: E402
 from shared.tasks import get_task, goal_radius  # noqa: E402
 from shared.training import (  # noqa: E402
-    EMA, Stage, captured, fused, load_optimizer, make_step, resume_point, train_loop, use_graphs,
+    EMA, Stage, captured, expectile_loss, fused, load_optimizer, make_step, resume_point, train_loop, use_graphs,
 )
 from shared.training import make_optimizer as make_adam  # noqa: E402
 from shared.utils import (  # noqa: E402
@@ -412,11 +412,6 @@ class ReturnTarget(nn.Module):
         return self.net(rest)[:, 0]
 
 
-def expectile_loss(pred: torch.Tensor, target: torch.Tensor, tau: float) -> torch.Tensor:
-    u = target.float() - pred.float()
-    return (torch.abs(tau - (u < 0).float()) * u.pow(2)).mean()
-
-
 # ============================================================================ (2) multi-scale transformer
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
               dropout: float) -> torch.Tensor:
@@ -584,7 +579,8 @@ def autoencoder_loss(model: MAGE, batch: dict, config: TrainConfig):
     loss = recon + vq_loss + config.w_inv * inv
     stats = {"ae/recon": recon.detach(), "ae/vq": vq_loss.detach(), "ae/inv": inv.detach()}  # tensors: no sync
     if model.return_target is not None:  # cond = (R_t, rest): learn the expectile of R_t given the rest
-        target = expectile_loss(model.return_target(cond[:, 1:]), cond[:, 0], config.return_target_expectile)
+        target = expectile_loss(cond[:, 0].float() - model.return_target(cond[:, 1:]).float(),
+                                config.return_target_expectile)
         loss = loss + target
         stats["ae/return_target"] = target.detach()
     return loss, stats

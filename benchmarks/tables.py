@@ -198,7 +198,7 @@ STALE_KEYS = ("steps", "ae_steps", "tf_steps", "e2e_steps", "batch_size", "retur
 
 
 @lru_cache(maxsize=None)
-def committed_budget(algo: str, task: str) -> tuple[tuple[str, object], ...]:
+def committed_fields(algo: str, task: str) -> tuple[tuple[str, object], ...]:
     """The ``STALE_KEYS`` that ``configs/<algo>/<task>.yaml`` sets (empty when there is no such config)."""
     path = ROOT / "configs" / algo / f"{task}.yaml"
     if not path.is_file():
@@ -213,8 +213,8 @@ def stale(cell: Cell) -> bool:
     """Some run of the cell trained with another budget (or return condition) than its committed config sets now (a
     config changed after the run): the cell is marked until it is re-run."""
     algo = load_variants().get(cell.name, (cell.name, []))[0]
-    budget = committed_budget(algo, cell.task)
-    return any(k in (r.get("config") or {}) and r["config"][k] != v for r in cell.runs for k, v in budget)
+    fields = committed_fields(algo, cell.task)
+    return any(k in (r.get("config") or {}) and r["config"][k] != v for r in cell.runs for k, v in fields)
 
 
 STALE_NOTE = ("†: trained with another budget (steps or batch size) or return condition than the committed config "

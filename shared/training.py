@@ -45,6 +45,14 @@ class EMA:
         torch._foreach_lerp_(ema, new, 1.0 if copy_only else 1.0 - self.decay)
 
 
+# ----------------------------------------------------------------------------- losses
+def expectile_loss(diff: torch.Tensor, expectile: float) -> torch.Tensor:
+    """Expectile regression on ``diff`` = target - prediction: squared error weighted ``expectile`` where the target
+    is above the prediction and 1 - ``expectile`` where it is below (IQL's V; MAGE's learnt return target)."""
+    diff = diff.float()
+    return (torch.abs(expectile - (diff < 0).float()) * diff.pow(2)).mean()
+
+
 # ----------------------------------------------------------------------------- optimisers
 def make_optimizer(params: Iterable[torch.nn.Parameter], lr: float, kind: str = "adamw", captured: bool = False,
                    **kwargs: Any) -> torch.optim.Optimizer:
