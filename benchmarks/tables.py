@@ -8,8 +8,9 @@ Reads ``<results-dir>/<algo-or-variant>/<task>/seed<k>.json`` (the schema of sha
     best mean per row in bold, an average row), the papers' numbers in their own labelled columns, a table of
     training wall time / per-action latency / device, an ablation table for the variants of benchmarks/run.py,
     the speed tables of ``<results-dir>/speed.json`` (``benchmarks/speed.py``: eager vs CUDA graphs per algorithm,
-    against the targets) and of ``<results-dir>/speed_settings.json`` (the same measurement over more settings:
-    bf16, inductor), and the provenance (file count, git commits, dataset sources);
+    against the targets), of ``<results-dir>/speed_settings.json`` (the same measurement over more settings:
+    bf16, inductor) and of ``<results-dir>/speed_committed.json`` (the committed configs' setting, measured again
+    after the code changed), and the provenance (file count, git commits, dataset sources);
   * the block between ``<!-- results:start -->`` and ``<!-- results:end -->`` of ``--readme`` (the markers are
     appended at the end of the file when missing; nothing else in it is touched);
   * PNG plots in ``--plots-dir``: learning curves per task and a bar chart of scores per task group.
@@ -569,12 +570,14 @@ def speed_label(path: Path) -> str:
 
 
 def speed_section(results_dir: Path) -> list[str]:
-    """RESULTS.md's speed section: speed.json (eager vs graphs, targets), then speed_settings.json (more settings)."""
+    """RESULTS.md's speed section: speed.json (eager vs graphs, targets), then speed_settings.json (more settings)
+    and speed_committed.json (the committed configs' setting, measured again after the code changed)."""
     lines = speed_lines(load_speed(results_dir / "speed.json")[0], speed_label(results_dir / "speed.json"))
-    settings_path = results_dir / "speed_settings.json"
-    payload, _ = load_speed(settings_path)
-    if payload is not None:
-        lines += ["", "### More settings: bf16 and inductor", ""] + settings_lines(payload, speed_label(settings_path))
+    for name, title in (("speed_settings.json", "More settings: bf16 and inductor"),
+                        ("speed_committed.json", "The committed setting, measured later")):
+        payload, _ = load_speed(results_dir / name)
+        if payload is not None:
+            lines += ["", f"### {title}", ""] + settings_lines(payload, speed_label(results_dir / name))
     return lines
 
 
