@@ -230,6 +230,13 @@ def _value(v: Any) -> float:
     return float(v.item() if isinstance(v, torch.Tensor) else v)
 
 
+def _duration(seconds: float) -> str:
+    """'42 s', '7.5 min', '8.8 h': a rough remaining time (later stages may run at another pace)."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.1f} h"
+
+
 def train_loop(name: str, config: Any, run_dir: Path, logger: Any, stages: list[Stage], step: int,
                checkpoint_state: Callable[[], dict], evaluate_fn: Optional[Callable[[int], Any]] = None,
                eval_from: int = 0, elapsed: float = 0.0, sync_every: int = 100) -> tuple[int, float]:
@@ -245,6 +252,7 @@ def train_loop(name: str, config: Any, run_dir: Path, logger: Any, stages: list[
     bar = tqdm(total=total, initial=step, desc=name, dynamic_ncols=True, disable=not sys.stderr.isatty())
     t0, last_print = time.time() - elapsed, time.time()
     window = (step, time.time())  # (step, time) of the last log: the logged training speed
+    started = window  # this process's start: the pace of the plain progress lines
     bad: Optional[torch.Tensor] = None  # step + 1 of the first non-finite loss (0: none), on the device
     for stage in stages:
         if step >= stage.end:
@@ -280,7 +288,9 @@ def train_loop(name: str, config: Any, run_dir: Path, logger: Any, stages: list[
             elif step % sync_every == 0 and loss.is_cuda:
                 torch.cuda.synchronize()  # the host stays within sync_every steps of the GPU
             if bar.disable and time.time() - last_print > 30:  # no TTY (batch jobs): a plain line every 30 s
-                print(f"[{name}] step {step}/{total} {stage.name} loss {_value(loss):.4f}", flush=True)
+                rate = (step - started[0]) / max(time.time() - started[1], 1e-9)
+                print(f"[{name}] step {step}/{total} {stage.name} loss {_value(loss):.4f} ({rate:.3g} steps/s, "
+                      f"{_duration((total - step) / max(rate, 1e-9))} left at this pace)", flush=True)
                 last_print = time.time()
             if save_now:
                 save_checkpoint(run_dir, step, {**checkpoint_state(), "stage": stage.name,
