@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import random
@@ -144,6 +145,7 @@ def parse_config(config_class: Type[T], args: Optional[list[str]] = None) -> T:
     argv = list(sys.argv[1:] if args is None else args)
     # pyrallis calls the option --config_path; our users type --config.
     argv = ["--config_path" if a == "--config" else a.replace("--config=", "--config_path=", 1) for a in argv]
+    check_option_names(argv, config_class)
     try:
         config = pyrallis.parse(config_class=config_class, args=argv)
         check_ranges(config)
@@ -153,6 +155,20 @@ def parse_config(config_class: Type[T], args: Optional[list[str]] = None) -> T:
     except Exception as exc:  # pyrallis raises bare Exceptions for unknown keys
         print(_config_error_line(exc, config_class), file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def check_option_names(argv: list[str], config_class: type) -> None:
+    """Every ``--name`` must be a field's full name: argparse would otherwise take a prefix (``--tf_step 10`` as
+    ``--tf_steps 10``) without a word, and a typo could silently set another field. Exit 2 with one line."""
+    known = set(config_class.__dataclass_fields__) | {"config_path", "help"}  # type: ignore[attr-defined]
+    for arg in argv:
+        name = arg[2:].split("=", 1)[0]
+        if arg.startswith("--") and name and name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            hint = f"; did you mean --{close[0]}?" if close else ""
+            print(f"config error: unknown option --{name}{hint} (full field names only; "
+                  "`--help` lists them)", file=sys.stderr)
+            raise SystemExit(2)
 
 
 def run_main(main: Callable[[T], Any], config_class: Type[T]) -> None:

@@ -28,7 +28,7 @@ def _nan_obs():
 # case -> (exit status, substrings the last stderr line must hold)
 EXPECTED = {
     "unknown_key_yaml": (2, ["config error:", "bogus_key", "valid fields:"]),
-    "unknown_key_cli": (2, ["error: unrecognized arguments: --bogus_key"]),
+    "unknown_key_cli": (2, ["config error: unknown option --bogus_key"]),
     "wrong_type_cli": (2, ["config error: field 'steps' expects int, got 'many'"]),
     "unknown_task": (1, ["error: unknown task 'maze3d-umaze'; known tasks:", "maze2d-umaze"]),
     "cuda_without_gpu": (1, ["error: device 'cuda' was asked for but no CUDA GPU is visible"]),
@@ -118,6 +118,11 @@ def test_good_values_parse(args, field, value):
     (["--bf16", "2"], "config error: field 'bf16' expects bool, got '2'"),
     (["--dataset_size", "big"], "config error: field 'dataset_size' expects Optional[int], got 'big'"),
     (["--config", "/nonexistent/x.yaml"], "config error: [Errno 2] No such file or directory: '/nonexistent/x.yaml'"),
+    # a prefix of a field is not that field (argparse alone would take --step 10 as --steps 10)
+    (["--step", "10"], "config error: unknown option --step; did you mean --steps? (full field names only; "
+                       "`--help` lists them)"),
+    (["--eval_episodes_durng=5"], "config error: unknown option --eval_episodes_durng; did you mean "
+                                  "--eval_episodes_during? (full field names only; `--help` lists them)"),
 ])
 def test_bad_values_are_one_line(args, line, capsys):
     with pytest.raises(SystemExit) as info:
