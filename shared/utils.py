@@ -146,6 +146,7 @@ def parse_config(config_class: Type[T], args: Optional[list[str]] = None) -> T:
     # pyrallis calls the option --config_path; our users type --config.
     argv = ["--config_path" if a == "--config" else a.replace("--config=", "--config_path=", 1) for a in argv]
     check_option_names(argv, config_class)
+    check_config_path(argv)
     try:
         config = pyrallis.parse(config_class=config_class, args=argv)
         check_ranges(config)
@@ -169,6 +170,21 @@ def check_option_names(argv: list[str], config_class: type) -> None:
             print(f"config error: unknown option --{name}{hint} (full field names only; "
                   "`--help` lists them)", file=sys.stderr)
             raise SystemExit(2)
+
+
+def check_config_path(argv: list[str]) -> None:
+    """A --config file that does not exist: one line, with the closest file of that folder (a typo in a task)."""
+    for i, arg in enumerate(argv):
+        path = argv[i + 1] if arg == "--config_path" and i + 1 < len(argv) else (
+            arg.split("=", 1)[1] if arg.startswith("--config_path=") else None)
+        if path is None or os.path.exists(path):
+            continue
+        folder = os.path.dirname(path) or "."
+        names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
+        close = difflib.get_close_matches(os.path.basename(path), names, n=1)
+        hint = f"; did you mean {os.path.join(folder, close[0])}?" if close else ""
+        print(f"config error: no config file {path}{hint}", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def run_main(main: Callable[[T], Any], config_class: Type[T]) -> None:

@@ -117,7 +117,9 @@ def test_good_values_parse(args, field, value):
     (["--lr", "true"], "config error: field 'lr' expects float, got 'True'"),
     (["--bf16", "2"], "config error: field 'bf16' expects bool, got '2'"),
     (["--dataset_size", "big"], "config error: field 'dataset_size' expects Optional[int], got 'big'"),
-    (["--config", "/nonexistent/x.yaml"], "config error: [Errno 2] No such file or directory: '/nonexistent/x.yaml'"),
+    (["--config", "/nonexistent/x.yaml"], "config error: no config file /nonexistent/x.yaml"),
+    (["--config", "configs/bc/maze2d-larg.yaml"], "config error: no config file configs/bc/maze2d-larg.yaml; did you "
+                                                  "mean configs/bc/maze2d-large.yaml?"),
     # a prefix of a field is not that field (argparse alone would take --step 10 as --steps 10)
     (["--step", "10"], "config error: unknown option --step; did you mean --steps? (full field names only; "
                        "`--help` lists them)"),
