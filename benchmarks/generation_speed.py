@@ -18,18 +18,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from shared import datasets  # noqa: E402
+from shared.utils import cpu_model  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "generation_speed.json"
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
@@ -60,7 +51,7 @@ def main() -> None:
     payload = {
         "results": rows,
         "chunk_size": args.chunk_size,
-        "cpu_model": cpu_model(),
+        "cpu_model": cpu_model() or "unknown",
         "cpu_cores": os.cpu_count(),
         "load_average_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)},
         "python": platform.python_version(),

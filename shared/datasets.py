@@ -29,7 +29,6 @@ import argparse
 import hashlib
 import multiprocessing
 import os
-import platform
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -219,10 +218,12 @@ def library_versions() -> Dict[str, str]:
     import gymnasium_robotics
     import mujoco
 
+    from shared.utils import cpu_model  # here: shared.utils imports torch, which spawned workers skip
+
     version = getattr(gymnasium_robotics, "__version__", None) or _installed("gymnasium_robotics")
     # numpy, torch (the ant recipe's controller is a torch network) and the CPU shape the actions' rounding too
     return {"gymnasium": gymnasium.__version__, "gymnasium_robotics": version, "mujoco": mujoco.__version__,
-            "numpy": np.__version__, "torch": _installed("torch"), "cpu": _cpu_name()}
+            "numpy": np.__version__, "torch": _installed("torch"), "cpu": cpu_model() or "unknown"}
 
 
 def _installed(package: str) -> str:
@@ -232,18 +233,6 @@ def _installed(package: str) -> str:
         return version(package)
     except PackageNotFoundError:
         return "not installed"
-
-
-def _cpu_name() -> str:
-    """The CPU model (files differ across CPUs and builds: the ant's contacts amplify rounding differences)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _write_atomic(path: Path, arrays: Mapping[str, np.ndarray], attrs: Mapping[str, Any]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import platform
 import random
 import re
 import socket
@@ -145,9 +146,9 @@ def parse_config(config_class: Type[T], args: Optional[list[str]] = None) -> T:
     argv = list(sys.argv[1:] if args is None else args)
     # pyrallis calls the option --config_path; our users type --config.
     argv = ["--config_path" if a == "--config" else a.replace("--config=", "--config_path=", 1) for a in argv]
-    check_option_names(argv, config_class)
-    check_config_path(argv)
     try:
+        check_option_names(argv, config_class)
+        check_config_path(argv)
         config = pyrallis.parse(config_class=config_class, args=argv)
         check_ranges(config)
         return config
@@ -160,16 +161,14 @@ def parse_config(config_class: Type[T], args: Optional[list[str]] = None) -> T:
 
 def check_option_names(argv: list[str], config_class: type) -> None:
     """Every ``--name`` must be a field's full name: argparse would otherwise take a prefix (``--tf_step 10`` as
-    ``--tf_steps 10``) without a word, and a typo could silently set another field. Exit 2 with one line."""
+    ``--tf_steps 10``) without a word, and a typo could silently set another field."""
     known = set(config_class.__dataclass_fields__) | {"config_path", "help"}  # type: ignore[attr-defined]
     for arg in argv:
         name = arg[2:].split("=", 1)[0]
         if arg.startswith("--") and name and name not in known:
             close = difflib.get_close_matches(name, sorted(known), n=1)
             hint = f"; did you mean --{close[0]}?" if close else ""
-            print(f"config error: unknown option --{name}{hint} (full field names only; "
-                  "`--help` lists them)", file=sys.stderr)
-            raise SystemExit(2)
+            raise ConfigError(f"unknown option --{name}{hint} (full field names only; `--help` lists them)")
 
 
 def check_config_path(argv: list[str]) -> None:
@@ -183,8 +182,7 @@ def check_config_path(argv: list[str]) -> None:
         names = sorted(os.listdir(folder)) if os.path.isdir(folder) else []
         close = difflib.get_close_matches(os.path.basename(path), names, n=1)
         hint = f"; did you mean {os.path.join(folder, close[0])}?" if close else ""
-        print(f"config error: no config file {path}{hint}", file=sys.stderr)
-        raise SystemExit(2)
+        raise ConfigError(f"no config file {path}{hint}")
 
 
 def run_main(main: Callable[[T], Any], config_class: Type[T]) -> None:
@@ -229,17 +227,23 @@ def configure_cpu_threads() -> None:
         torch.set_num_threads(1)
 
 
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo; elsewhere what platform knows, '' if nothing)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
 def device_name(device: torch.device) -> str:
     """Human-readable name of the hardware a run used (GPU model or CPU model)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"CPU: {line.split(':', 1)[1].strip()} x{os.cpu_count()}"
-    except OSError:
-        pass
-    return f"CPU x{os.cpu_count()}"
+    model = cpu_model()
+    return f"CPU: {model} x{os.cpu_count()}" if model else f"CPU x{os.cpu_count()}"
 
 
 def git_commit() -> str:
