@@ -4,12 +4,13 @@
 #   bash benchmarks/device_grid.sh watch [SECONDS]        watch, then pack results, logs and metrics into $OUT
 # What runs: MAIN_ALGOS (default: every algorithm) on GRID_TASKS (default: all six maze tasks) x GRID_SEEDS
 # (default 0 1 2) at MAIN_PER_GPU runs per GPU, and the maze2d-large ablations ABLATIONS at ABL_PER_GPU (e.g.
-# MAIN_ALGOS=mage to spend a host on MAGE alone; ABLATIONS= for none). FRESH=1 starts from an empty results folder
-# (to time a slice of the grid); without it the committed results are skipped.
+# MAIN_ALGOS=mage to spend a host on MAGE alone; ABLATIONS= for none) on ABL_TASKS (default maze2d-large) x ABL_SEEDS
+# (default 0 1 2). FRESH=1 starts from an empty results folder (to time a slice of the grid); without it the committed
+# results are skipped, and with STALE=1 those that trained with another budget than their config now sets are re-run
+# (run.py --rerun-stale; `python benchmarks/run.py ... --rerun-stale --dry-run` lists what a grid would run).
 # The GPU's utilisation and memory are sampled every 5 s into /tmp/gpu-usage.csv (packed with the logs); the
 # grid's wall time is the span between its first "start" and its "finished" line in /tmp/grid-main.log.
-# results -> /tmp/results (starts as a copy of benchmarks/results/: committed runs are skipped; delete a stale file
-# there first to rerun it), run folders and logs -> /tmp/runs.
+# results -> /tmp/results (starts as a copy of benchmarks/results/), run folders and logs -> /tmp/runs.
 # MPS raised every algorithm's steps/s 2-10x with 9 runs sharing one H200 (benchmarks/gpu_share.sh: BC 48 -> 334,
 # IQL 7 -> 73, DT 32 -> 73, MAGE stage 1 3.9 -> 10.6), so it is on.
 # Eager Diffuser runs at H = 384 took 20-45 GB each in their first steps (likely cuDNN autotuning), so run.py deals
@@ -41,9 +42,13 @@ watch() {
 if [ "$CMD" = start ]; then
   GPUS=${2:-0}
   T0=$(date +%s)
+  # the runs start from a copy of the tree: the device tool re-syncs the checkout before each call
+  rm -rf /tmp/tree && mkdir -p /tmp/tree && tar cf - --exclude=./.whl . | tar xf - -C /tmp/tree \
+    && cd /tmp/tree || exit 1
   pids=""  # wait for these only: a bare `wait` would also wait for any detached child started before it
-  for t in $MAZES; do python3 -m shared.datasets generate "$t" --workers 20 > "/tmp/gen-$t.log" 2>&1 & pids="$pids $!"; done
-  wait $pids
+  for t in $MAZES; do python3 -m shared.datasets generate "$t" --workers 6 > "/tmp/gen-$t.log" 2>&1 & pids="$pids $!"; done
+  for p in $pids; do wait "$p" || { tail -n 3 /tmp/gen-*.log; echo "dataset generation failed"; exit 1; }; done
+  echo "datasets generated in $(( $(date +%s) - T0 )) s"
   for f in "$MAGE_DATA_DIR"/*.hdf5; do python3 -m shared.datasets verify "$f" 2>&1 | tail -1; done
   # the committed results are skipped (run.py skips a run whose file exists): only missing runs start
   mkdir -p /tmp/results && [ "${FRESH:-0}" = 1 ] || cp -rn benchmarks/results/. /tmp/results/
@@ -52,12 +57,12 @@ if [ "$CMD" = start ]; then
   setsid nohup nvidia-smi --query-gpu=timestamp,index,utilization.gpu,memory.used --format=csv,noheader -l 5 \
     > /tmp/gpu-usage.csv 2>&1 < /dev/null &
   grid() { local name=$1; shift; setsid nohup python3 benchmarks/run.py --gpus "$GPUS" --out-dir /tmp/runs \
-    --results-dir /tmp/results "$@" > "/tmp/grid-$name.log" 2>&1 < /dev/null & }
+    --results-dir /tmp/results ${STALE:+--rerun-stale} "$@" > "/tmp/grid-$name.log" 2>&1 < /dev/null & }
   # MAGE first (the longest runs), Diffuser's large mazes spread over the GPUs, short baselines fill the gaps
   grid main --per-gpu "${MAIN_PER_GPU:-9}" --algos ${MAIN_ALGOS:-mage diffuser iql dt bc} --tasks ${GRID_TASKS:-$TASKS} \
     --seeds ${GRID_SEEDS:-0 1 2}
   [ -n "${ABLATIONS-x}" ] && grid ablation --per-gpu "${ABL_PER_GPU:-3}" \
-    --algos ${ABLATIONS:-mage-k1 mage-nodeccond} --tasks maze2d-large --seeds 0 1 2
+    --algos ${ABLATIONS:-mage-k1 mage-nodeccond} --tasks ${ABL_TASKS:-maze2d-large} --seeds ${ABL_SEEDS:-0 1 2}
   sleep 5
   watch $(( ${3:-540} - ($(date +%s) - T0) ))
 else

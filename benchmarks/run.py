@@ -3,7 +3,9 @@
     python benchmarks/run.py --algos mage dt --tasks maze2d-umaze maze2d-large --seeds 0 1 2 --gpus 0,1 --per-gpu 4
 
 One process per run (CUDA_VISIBLE_DEVICES picks its GPU, ``--per-gpu`` runs share a GPU). A run whose results
-file exists is skipped; a run with checkpoints but no results is resumed (``--resume true``). Each run writes
+file exists is skipped (with ``--rerun-stale``, unless it trained with another budget or return condition than its
+config now sets: that file is moved aside to ``seed<k>.json.stale`` when its re-run starts, and moved back if the
+re-run fails); a run with checkpoints but no results is resumed (``--resume true``). Each run writes
 ``benchmarks/results/<algo>/<task>/seed<k>.json`` (the suite's schema) and logs to ``<out_dir>/logs/``.
 Variants (ablations, and the goal-conditioned baselines bc-goal / iql-goal / dt-goal on maze2d) are algorithms with
 config overrides, listed in VARIANTS; their results go to ``benchmarks/results/<variant>/...``.
@@ -12,12 +14,16 @@ config overrides, listed in VARIANTS; their results go to ``benchmarks/results/<
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,6 +40,36 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 # variants that change what the algorithm is given (shared.tasks.goal_input), not an ablation of the algorithm:
 # benchmarks/tables.py shows them in their own columns, apart from the published numbers
 PROTOCOL_VARIANTS = ("bc-goal", "iql-goal", "dt-goal")
+
+
+# what a result depends on that committed configs have changed: the budget, and MAGE's return condition
+STALE_KEYS = ("steps", "ae_steps", "tf_steps", "e2e_steps", "batch_size", "return_condition")
+
+
+@lru_cache(maxsize=None)
+def committed_fields(algo: str, task: str, config_dir: Path = ROOT / "configs") -> tuple[tuple[str, object], ...]:
+    """The ``STALE_KEYS`` that ``configs/<algo>/<task>.yaml`` sets (empty when there is no such config)."""
+    path = Path(config_dir) / algo / f"{task}.yaml"
+    if not path.is_file():
+        return ()
+    values = yaml.safe_load(path.read_text()) or {}
+    return tuple((k, values[k]) for k in STALE_KEYS if k in values)
+
+
+def stale_fields(algo: str, task: str, result: dict, config_dir: Path = ROOT / "configs") -> list[str]:
+    """'tf_steps 4000 -> 14000' for each STALE_KEY where a result's recorded config differs from the config now."""
+    recorded = result.get("config") or {}
+    return [f"{k} {recorded[k]} -> {v}" for k, v in committed_fields(algo, task, Path(config_dir))
+            if k in recorded and recorded[k] != v]
+
+
+def set_aside(result: Path) -> Path:
+    """Move a stale result file to the first free ``<name>.stale[N]`` beside it (never over another file)."""
+    n = 1
+    while (aside := result.with_name(result.name + (".stale" if n == 1 else f".stale{n}"))).exists():
+        n += 1
+    result.rename(aside)
+    return aside
 
 
 @dataclass
@@ -86,18 +122,30 @@ def main() -> None:
     p.add_argument("--config-dir", default=str(ROOT / "configs"))
     p.add_argument("--results-dir", default=str(ROOT / "benchmarks" / "results"))
     p.add_argument("--out-dir", default=str(ROOT / "runs"))
+    p.add_argument("--rerun-stale", action="store_true",
+                   help="re-run runs whose result trained with another budget or return condition than the config "
+                        "now sets (the old file is kept as seed<k>.json.stale)")
     p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
     p.add_argument("extra", nargs="*", help="after --: overrides passed to every run, e.g. -- --eval_episodes 50")
     args = p.parse_args()
 
     jobs = build_jobs(args.algos, args.tasks, args.seeds, Path(args.config_dir))
-    todo = []
+    todo, stale = [], {}
     for job in jobs:
         cmd, result = command(job, args)
-        if result.exists():
-            print(f"skip {job.tag}: {result} exists")
-        else:
+        if not result.exists():
             todo.append(job)
+            continue
+        changed = stale_fields(job.algo, job.task, json.loads(result.read_text()), Path(args.config_dir))
+        if changed and args.rerun_stale and "--resume" in cmd:  # those checkpoints are the old run's
+            print(f"skip {job.tag}: {result} is stale ({', '.join(changed)}) but its run folder under {args.out_dir} "
+                  "holds checkpoints; move them away to re-run it")
+        elif changed and args.rerun_stale:
+            print(f"re-run {job.tag}: {result} is stale ({', '.join(changed)})")
+            todo.append(job)
+            stale[job.tag] = result
+        else:
+            print(f"skip {job.tag}: {result} exists" + (f" (stale: {', '.join(changed)})" if changed else ""))
     slots = [g for g in args.gpus.split(",") if g != ""] or [""]
     slots = [g for _ in range(args.per_gpu) for g in slots]  # round-robin: consecutive jobs land on different GPUs
     log_dir = Path(args.out_dir) / "logs"
@@ -117,6 +165,8 @@ def main() -> None:
             if key in running or not queue:
                 continue
             job = queue.pop(0)
+            if job.tag in stale:  # the run refuses to start over an existing result file
+                stale[job.tag] = (stale[job.tag], set_aside(stale[job.tag]))
             cmd, _ = command(job, args)
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             if gpu != "":
@@ -130,6 +180,8 @@ def main() -> None:
                 status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
                 if proc.returncode:
                     failed.append(job.tag)
+                    if job.tag in stale and not stale[job.tag][0].exists():  # keep the old result
+                        stale[job.tag][1].rename(stale[job.tag][0])
                 print(f"{status} {job.tag} in {time.time() - t0:.0f}s", flush=True)
                 del running[key]
         time.sleep(1.0)

@@ -30,7 +30,6 @@ import re
 import sys
 import tempfile
 from collections import defaultdict
-from functools import lru_cache
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -194,28 +193,12 @@ def fmt(x: Optional[float]) -> str:
     return "—" if x is None else f"{x:.1f}"
 
 
-# what a run's result depends on that committed configs have changed: the budget, and MAGE's return condition
-STALE_KEYS = ("steps", "ae_steps", "tf_steps", "e2e_steps", "batch_size", "return_condition")
-
-
-@lru_cache(maxsize=None)
-def committed_fields(algo: str, task: str) -> tuple[tuple[str, object], ...]:
-    """The ``STALE_KEYS`` that ``configs/<algo>/<task>.yaml`` sets (empty when there is no such config)."""
-    path = ROOT / "configs" / algo / f"{task}.yaml"
-    if not path.is_file():
-        return ()
-    import yaml
-
-    values = yaml.safe_load(path.read_text()) or {}
-    return tuple((k, values[k]) for k in STALE_KEYS if k in values)
-
-
 def stale(cell: Cell) -> bool:
     """Some run of the cell trained with another budget (or return condition) than its committed config sets now (a
-    config changed after the run): the cell is marked until it is re-run."""
-    algo = load_variants().get(cell.name, (cell.name, []))[0]
-    fields = committed_fields(algo, cell.task)
-    return any(k in (r.get("config") or {}) and r["config"][k] != v for r in cell.runs for k, v in fields)
+    config changed after the run): the cell is marked until it is re-run (``benchmarks/run.py --rerun-stale``)."""
+    run = load_run_module()
+    algo = run.VARIANTS.get(cell.name, (cell.name, []))[0]
+    return any(run.stale_fields(algo, cell.task, r) for r in cell.runs)
 
 
 STALE_NOTE = ("†: trained with another budget (steps or batch size) or return condition than the committed config "

@@ -131,6 +131,44 @@ def test_runs_of_an_older_budget_than_the_committed_config_are_marked(tmp_path):
     assert not tables.stale(cell) and tables.score_cell(cell, False) == "90.0 (1)"
 
 
+@pytest.mark.slow
+def test_run_py_reruns_a_stale_result_only_when_asked_and_keeps_it_if_the_rerun_fails(tmp_path):
+    import subprocess
+    import sys
+
+    configs = tmp_path / "configs"
+    (configs / "bc").mkdir(parents=True)
+    # a committed config whose budget moved on (steps 50 -> 60) and with a key BC rejects: the re-run fails at once
+    (configs / "bc" / "maze2d-umaze.yaml").write_text("task: maze2d-umaze\nsteps: 60\nno_such_field: 1\n")
+    results = tmp_path / "results"
+    write_result(results, "bc", "maze2d-umaze", 0, 80.0)
+    path = results / "bc" / "maze2d-umaze" / "seed0.json"
+    old = {**json.loads(path.read_text()), "config": {"task": "maze2d-umaze", "seed": 0, "steps": 50}}
+    path.write_text(json.dumps(old))
+
+    def run(*extra):
+        return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--algos", "bc", "--tasks",
+                               "maze2d-umaze", "--seeds", "0", "--config-dir", str(configs), "--results-dir",
+                               str(results), "--out-dir", str(tmp_path / "runs"), *extra],
+                              capture_output=True, text=True, timeout=300)
+
+    plain = run()
+    assert plain.returncode == 0 and "(stale: steps 50 -> 60)" in plain.stdout and "0 runs" in plain.stdout
+    rerun = run("--rerun-stale")
+    assert "re-run bc-maze2d-umaze-seed0" in rerun.stdout and "steps 50 -> 60" in rerun.stdout
+    assert rerun.returncode == 1 and "FAILED" in rerun.stdout  # the bad key ended the re-run ...
+    assert json.loads(path.read_text()) == old and not list(path.parent.glob("*.stale*"))  # ... the old result stays
+    assert "no_such_field" in (tmp_path / "runs" / "logs" / "bc-maze2d-umaze-seed0.log").read_text()
+    # a valid config: the re-run starts (the old file moved aside: a run refuses to start over a result) and writes
+    (configs / "bc" / "maze2d-umaze.yaml").write_text(
+        "task: maze2d-umaze\nsteps: 60\ndataset_size: 5000\ndevice: cpu\neval_episodes: 2\nnum_eval_envs: 2\n"
+        "log_every: 20\ncheckpoint_every: 1000\n")
+    rerun = run("--rerun-stale")
+    assert rerun.returncode == 0, rerun.stdout[-2000:]
+    assert json.loads(path.read_text())["config"]["steps"] == 60
+    assert json.loads((path.parent / "seed0.json.stale").read_text()) == old
+
+
 def test_goal_variants_get_their_own_table_and_published_columns_only_their_protocol(results, tmp_path, monkeypatch):
     for seed, score in enumerate((96.0, 98.0)):
         write_result(results, "bc-goal", "maze2d-umaze", seed, score)
