@@ -136,7 +136,11 @@ def main() -> None:
         if not result.exists():
             todo.append(job)
             continue
-        changed = stale_fields(job.algo, job.task, json.loads(result.read_text()), Path(args.config_dir))
+        try:
+            recorded = json.loads(result.read_text())
+        except (OSError, ValueError) as e:  # before any run starts: one line naming the file
+            sys.exit(f"error: {result} is not a readable result file ({e}); fix or remove it")
+        changed = stale_fields(job.algo, job.task, recorded, Path(args.config_dir))
         if changed and args.rerun_stale and "--resume" in cmd:  # those checkpoints are the old run's
             print(f"skip {job.tag}: {result} is stale ({', '.join(changed)}) but its run folder under {args.out_dir} "
                   "holds checkpoints; move them away to re-run it")

@@ -154,6 +154,10 @@ def test_run_py_reruns_a_stale_result_only_when_asked_and_keeps_it_if_the_rerun_
 
     plain = run()
     assert plain.returncode == 0 and "(stale: steps 50 -> 60)" in plain.stdout and "0 runs" in plain.stdout
+    path.write_text(json.dumps(old)[:40])  # a cut file: one line naming it, nothing runs
+    cut = run("--rerun-stale")
+    assert cut.returncode == 1 and cut.stderr.strip().splitlines()[-1].startswith(f"error: {path} is not a readable")
+    path.write_text(json.dumps(old))
     rerun = run("--rerun-stale")
     assert "re-run bc-maze2d-umaze-seed0" in rerun.stdout and "steps 50 -> 60" in rerun.stdout
     assert rerun.returncode == 1 and "FAILED" in rerun.stdout  # the bad key ended the re-run ...
