@@ -46,7 +46,7 @@ if [ "$CMD" = start ]; then
   rm -rf /tmp/tree && mkdir -p /tmp/tree && tar cf - --exclude=./.whl . | tar xf - -C /tmp/tree \
     && cd /tmp/tree || exit 1
   pids=""  # wait for these only: a bare `wait` would also wait for any detached child started before it
-  for t in $MAZES; do python3 -m shared.datasets generate "$t" --workers 6 > "/tmp/gen-$t.log" 2>&1 & pids="$pids $!"; done
+  for t in $MAZES; do python3 -m shared.datasets generate "$t" --workers $(( $(nproc) / 3 > 0 ? $(nproc) / 3 : 1 )) > "/tmp/gen-$t.log" 2>&1 & pids="$pids $!"; done
   for p in $pids; do wait "$p" || { tail -n 3 /tmp/gen-*.log; echo "dataset generation failed"; exit 1; }; done
   echo "datasets generated in $(( $(date +%s) - T0 )) s"
   for f in "$MAGE_DATA_DIR"/*.hdf5; do python3 -m shared.datasets verify "$f" 2>&1 | tail -1; done

@@ -130,7 +130,9 @@ def main() -> None:
     args = p.parse_args()
 
     jobs = build_jobs(args.algos, args.tasks, args.seeds, Path(args.config_dir))
-    todo, stale = [], {}
+    todo = []
+    stale: dict[str, Path] = {}  # job tag -> its stale result file (re-run with --rerun-stale)
+    aside: dict[str, Path] = {}  # job tag -> where that file waits while the re-run runs
     for job in jobs:
         cmd, result = command(job, args)
         if not result.exists():
@@ -170,7 +172,7 @@ def main() -> None:
                 continue
             job = queue.pop(0)
             if job.tag in stale:  # the run refuses to start over an existing result file
-                stale[job.tag] = (stale[job.tag], set_aside(stale[job.tag]))
+                aside[job.tag] = set_aside(stale[job.tag])
             cmd, _ = command(job, args)
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             if gpu != "":
@@ -184,8 +186,8 @@ def main() -> None:
                 status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
                 if proc.returncode:
                     failed.append(job.tag)
-                    if job.tag in stale and not stale[job.tag][0].exists():  # keep the old result
-                        stale[job.tag][1].rename(stale[job.tag][0])
+                    if job.tag in aside and not stale[job.tag].exists():  # keep the old result
+                        aside[job.tag].rename(stale[job.tag])
                 print(f"{status} {job.tag} in {time.time() - t0:.0f}s", flush=True)
                 del running[key]
         time.sleep(1.0)

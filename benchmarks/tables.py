@@ -196,9 +196,8 @@ def fmt(x: Optional[float]) -> str:
 def stale(cell: Cell) -> bool:
     """Some run of the cell trained with another budget (or return condition) than its committed config sets now (a
     config changed after the run): the cell is marked until it is re-run (``benchmarks/run.py --rerun-stale``)."""
-    run = load_run_module()
-    algo = run.VARIANTS.get(cell.name, (cell.name, []))[0]
-    return any(run.stale_fields(algo, cell.task, r) for r in cell.runs)
+    algo = load_variants().get(cell.name, (cell.name, []))[0]
+    return any(load_run_module().stale_fields(algo, cell.task, r) for r in cell.runs)
 
 
 STALE_NOTE = ("†: trained with another budget (steps or batch size) or return condition than the committed config "
