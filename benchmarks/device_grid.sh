@@ -8,6 +8,9 @@
 # (default 0 1 2). FRESH=1 starts from an empty results folder (to time a slice of the grid); without it the committed
 # results are skipped, and with STALE=1 those that trained with another budget than their config now sets are re-run
 # (run.py --rerun-stale; `python benchmarks/run.py ... --rerun-stale --dry-run` lists what a grid would run).
+# STAGGER=SECONDS starts each grid's runs that many seconds apart: runs started together compile each stage at the
+# same moments, and six 20k MAGE runs left the GPU idle in three such gaps, ~270 s of a 1,200 s grid
+# (benchmarks/budget/h200-2026-12-02b/gpu.csv); staggered, one run's compile overlaps the others' training.
 # The GPU's utilisation and memory are sampled every 5 s into /tmp/gpu-usage.csv (packed with the logs); the
 # grid's wall time is the span between its first "start" and its "finished" line in /tmp/grid-main.log.
 # results -> /tmp/results (starts as a copy of benchmarks/results/), run folders and logs -> /tmp/runs.
@@ -32,6 +35,10 @@ watch() {
   echo "started $(grep -c '^start' /tmp/grid-all.log), done $(grep -c '^done' /tmp/grid-all.log)"
   grep "FAILED\|finished" /tmp/grid-all.log
   grep "normalized score" /tmp/runs/logs/*.log | sed 's|.*/||; s/\.log:.*normalized score/:/' | sort
+  # where the unfinished runs are now, at the end of this call (not at its start): decide on these lines
+  for f in /tmp/runs/logs/*.log; do
+    grep -q "normalized score" "$f" || echo "$(basename "$f" .log) now: $(grep '\] step ' "$f" | tail -n 1)"
+  done
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
   mkdir -p "$OUT"
   tar czf "$OUT/results.tar.gz" -C /tmp results 2>/dev/null
@@ -46,7 +53,11 @@ if [ "$CMD" = start ]; then
   rm -rf /tmp/tree && mkdir -p /tmp/tree && tar cf - --exclude=./.whl . | tar xf - -C /tmp/tree \
     && cd /tmp/tree || exit 1
   pids=""  # wait for these only: a bare `wait` would also wait for any detached child started before it
-  for t in $MAZES; do python3 -m shared.datasets generate "$t" --workers $(( $(nproc) / 3 > 0 ? $(nproc) / 3 : 1 )) > "/tmp/gen-$t.log" 2>&1 & pids="$pids $!"; done
+  # only the datasets the selected tasks train on (multi2d-X trains on maze2d-X's data)
+  NEED=$(for t in ${GRID_TASKS:-$TASKS} $([ -n "${ABLATIONS-x}" ] && echo "${ABL_TASKS:-maze2d-large}"); do
+    echo "maze2d-${t#*-}"; done | sort -u)
+  W=$(( $(nproc) / $(echo $NEED | wc -w) )); [ "$W" -gt 0 ] || W=1  # the host's cores shared by the datasets
+  for t in $NEED; do python3 -m shared.datasets generate "$t" --workers $W > "/tmp/gen-$t.log" 2>&1 & pids="$pids $!"; done
   for p in $pids; do wait "$p" || { tail -n 3 /tmp/gen-*.log; echo "dataset generation failed"; exit 1; }; done
   echo "datasets generated in $(( $(date +%s) - T0 )) s"
   for f in "$MAGE_DATA_DIR"/*.hdf5; do python3 -m shared.datasets verify "$f" 2>&1 | tail -1; done
@@ -57,7 +68,7 @@ if [ "$CMD" = start ]; then
   setsid nohup nvidia-smi --query-gpu=timestamp,index,utilization.gpu,memory.used --format=csv,noheader -l 5 \
     > /tmp/gpu-usage.csv 2>&1 < /dev/null &
   grid() { local name=$1; shift; setsid nohup python3 benchmarks/run.py --gpus "$GPUS" --out-dir /tmp/runs \
-    --results-dir /tmp/results ${STALE:+--rerun-stale} "$@" > "/tmp/grid-$name.log" 2>&1 < /dev/null & }
+    --results-dir /tmp/results --stagger "${STAGGER:-0}" ${STALE:+--rerun-stale} "$@" > "/tmp/grid-$name.log" 2>&1 < /dev/null & }
   # MAGE first (the longest runs), Diffuser's large mazes spread over the GPUs, short baselines fill the gaps
   grid main --per-gpu "${MAIN_PER_GPU:-9}" --algos ${MAIN_ALGOS:-mage diffuser iql dt bc} --tasks ${GRID_TASKS:-$TASKS} \
     --seeds ${GRID_SEEDS:-0 1 2}

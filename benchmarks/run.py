@@ -125,6 +125,9 @@ def main() -> None:
     p.add_argument("--rerun-stale", action="store_true",
                    help="re-run runs whose result trained with another budget or return condition than the config "
                         "now sets (the old file is kept as seed<k>.json.stale)")
+    p.add_argument("--stagger", type=float, default=0.0,
+                   help="seconds between consecutive starts: runs started together compile their graphs at the same "
+                        "moments and leave the GPU idle meanwhile; staggered, one run's compile overlaps others' steps")
     p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
     p.add_argument("extra", nargs="*", help="after --: overrides passed to every run, e.g. -- --eval_episodes 50")
     args = p.parse_args()
@@ -165,11 +168,14 @@ def main() -> None:
     queue = list(todo)
     print(f"{len(todo)} runs on {len(slots)} slots ({args.gpus or 'CPU'})", flush=True)
     t_start = time.time()
+    last_start = t_start - args.stagger  # the first run starts at once
     while queue or running:
         for slot_id, gpu in enumerate(slots):
             key = f"{slot_id}"
             if key in running or not queue:
                 continue
+            if time.time() - last_start < args.stagger:
+                break
             job = queue.pop(0)
             if job.tag in stale:  # the run refuses to start over an existing result file
                 aside[job.tag] = set_aside(stale[job.tag])
@@ -180,7 +186,8 @@ def main() -> None:
             log = open(log_dir / f"{job.tag}.log", "a")
             running[key] = (subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT), job,
                             time.time())
-            print(f"start {job.tag} on {'GPU ' + gpu if gpu else 'CPU'}", flush=True)
+            last_start = time.time()
+            print(f"start {job.tag} on {'GPU ' + gpu if gpu else 'CPU'} at +{last_start - t_start:.0f}s", flush=True)
         for key, (proc, job, t0) in list(running.items()):
             if proc.poll() is not None:
                 status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
