@@ -32,7 +32,7 @@ from shared.buffer import Normalizer, SegmentBuffer, returns_to_go, split_trajec
 from shared.datasets import load_dataset  # noqa: E402
 from shared.evaluation import evaluate, require_evaluation  # noqa: E402
 from shared.logger import Logger, finish_run, prepare_run_dir  # noqa: E402
-from shared.tasks import get_task, goal_input, is_point_maze  # noqa: E402
+from shared.tasks import Task, get_task, goal_input, is_point_maze  # noqa: E402
 from shared.training import (  # noqa: E402
     EMA, Stage, captured, fused, load_optimizer, make_optimizer, make_step, resume_point, train_loop, use_graphs,
 )
@@ -51,6 +51,7 @@ class TrainConfig:
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"; asking for cuda without a GPU is an error
     out_dir: str = "runs"  # run folder root: checkpoints, metrics.jsonl, final.json go to out_dir/diffuser/task/seedK
     results_path: Optional[str] = None  # also write the final metrics JSON here (e.g. benchmarks/results/...)
+    also_evaluate: str = ""  # "TASK=PATH": also evaluate the trained policy on TASK (same data), its result to PATH
     resume: bool = False  # continue from the newest checkpoint in the run folder
     wandb_mode: str = "offline"  # "online", "offline" or "disabled" (WANDB_MODE overrides)
     project: str = "mage-suite"  # W&B project
@@ -594,15 +595,16 @@ def main(config: TrainConfig) -> dict:
 
     policy = DiffuserPolicy(ema.model, data, config, device)  # one policy: its CUDA graphs persist (EMA weights)
 
-    def run_eval(episodes: int):
-        return evaluate(task, policy, episodes, config.eval_seed, num_envs=config.num_eval_envs,
+    def run_eval(episodes: int, on: str | Task = task):
+        return evaluate(on, policy, episodes, config.eval_seed, num_envs=config.num_eval_envs,
                         progress=sys.stderr.isatty())
 
     stages, checkpoint = training_stages(config, data, model, ema, device, state)
     steps, train_wall = train_loop("diffuser", config, run_dir, logger, stages, step, checkpoint, run_eval,
                                    elapsed=elapsed)
     result = run_eval(config.eval_episodes)
-    return finish_run("diffuser", config, run_dir, logger, data.info, result, steps, train_wall, device_name(device))
+    return finish_run("diffuser", config, run_dir, logger, data.info, result, steps, train_wall, device_name(device),
+                      evaluate_on=lambda other: run_eval(config.eval_episodes, other))
 
 
 if __name__ == "__main__":

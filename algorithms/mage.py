@@ -28,7 +28,7 @@ from shared.buffer import Normalizer, SegmentBuffer, goal_returns_to_go, returns
 from shared.datasets import load_dataset  # noqa: E402
 from shared.evaluation import evaluate, require_evaluation  # noqa: E402
 from shared.logger import Logger, finish_run, prepare_run_dir  # noqa: E402
-from shared.tasks import get_task, goal_radius  # noqa: E402
+from shared.tasks import Task, get_task, goal_radius  # noqa: E402
 from shared.training import (  # noqa: E402
     EMA, Stage, captured, expectile_loss, fused, load_optimizer, make_step, resume_point, train_loop, use_graphs,
 )
@@ -48,6 +48,7 @@ class TrainConfig:
     device: str = "auto"  # "auto", "cpu", "cuda" or "cuda:N"; asking for cuda without a GPU is an error
     out_dir: str = "runs"  # run folder root: checkpoints, metrics.jsonl and final.json go to out_dir/mage/task/seedK
     results_path: Optional[str] = None  # also write the final metrics JSON here (e.g. benchmarks/results/...)
+    also_evaluate: str = ""  # "TASK=PATH": also evaluate the trained policy on TASK (same data), its result to PATH
     resume: bool = False  # continue from the newest checkpoint in the run folder
     wandb_mode: str = "offline"  # "online", "offline" or "disabled" (WANDB_MODE overrides)
     project: str = "mage-suite"  # W&B project
@@ -850,13 +851,14 @@ def main(config: TrainConfig) -> dict:
     ema = EMA(model, config.ema_decay) if config.ema_decay > 0 else None
     policy = MagePolicy(ema.model if ema else model, data, config, device)  # one policy: its CUDA graphs persist
 
-    def run_eval(episodes: int):
-        return evaluate(task, policy, episodes, config.eval_seed, num_envs=config.num_eval_envs,
+    def run_eval(episodes: int, on: str | Task = task):
+        return evaluate(on, policy, episodes, config.eval_seed, num_envs=config.num_eval_envs,
                         progress=sys.stderr.isatty())
 
     steps, train_wall = train(config, data, model, run_dir, logger, device, run_eval, ema)
     result = run_eval(config.eval_episodes)
-    return finish_run("mage", config, run_dir, logger, data.info, result, steps, train_wall, device_name(device))
+    return finish_run("mage", config, run_dir, logger, data.info, result, steps, train_wall, device_name(device),
+                      evaluate_on=lambda other: run_eval(config.eval_episodes, other))
 
 
 if __name__ == "__main__":

@@ -34,10 +34,14 @@ TASKS = ("maze2d-umaze", "maze2d-medium", "maze2d-large", "multi2d-umaze", "mult
 OUT = ROOT / "benchmarks" / "results" / "collector_scores.json"
 
 
+def controller(task: str, noise: float, eval_seed: int) -> WaypointPolicy:
+    """The data's waypoint controller with action noise ``noise``, seeded by the evaluation's first episode seed."""
+    return WaypointPolicy(get_task(task).maze, noise=noise, seed=eval_seed)
+
+
 def measure(task: str, noise: float, episodes: int, eval_seed: int) -> dict:
     """Score, success and behaviour of the waypoint controller with action noise ``noise`` on one block of seeds."""
-    b = goal_behaviour(task, WaypointPolicy(get_task(task).maze, noise=noise, seed=eval_seed), episodes, eval_seed,
-                       num_envs=min(episodes, 50))
+    b = goal_behaviour(task, controller(task, noise, eval_seed), episodes, eval_seed, num_envs=min(episodes, 50))
     return {"normalized_score": round(b["score"], 2), "normalized_score_std": round(b["score_std"], 2),
             "success_rate": b["reached"], "first_reward_step_median": b["first_reward_step_median"],
             "mean_abs_action": round(b["mean_abs_action"], 3)}

@@ -22,10 +22,13 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Optional
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # run as a script: shared/ is importable
+from shared.tasks import TASKS, goal_input  # noqa: E402
 
 # variant name -> (algorithm file, config overrides): the ablations of issue "MAGE in one file"
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -98,14 +101,36 @@ def build_jobs(names: list[str], tasks: list[str], seeds: list[int], config_dir:
     return jobs
 
 
-def command(job: Job, args: argparse.Namespace) -> tuple[list[str], Path]:
-    result = Path(args.results_dir) / job.name / job.task / f"seed{job.seed}.json"
+def twin_task(job: Job, config_dir: Path) -> Optional[str]:
+    """``multi2d-X`` for a ``maze2d-X`` job of an algorithm given the goal on both (the planners, Diffuser and MAGE)
+    whose two committed configs differ only in ``task``: such runs train on the same data the same way (hindsight
+    goals) and differ only in the goals asked for at evaluation, so one training serves both results."""
+    if not job.task.startswith("maze2d-"):
+        return None
+    twin = "multi2d-" + job.task.removeprefix("maze2d-")
+    paths = [Path(config_dir) / job.algo / f"{t}.yaml" for t in (job.task, twin)]
+    if twin not in TASKS or not paths[1].is_file() or TASKS[twin].data_name != TASKS[job.task].data_name:
+        return None
+    if not (goal_input(job.task, job.algo) and goal_input(twin, job.algo)):
+        return None
+    a, b = ({k: v for k, v in (yaml.safe_load(p.read_text()) or {}).items() if k != "task"} for p in paths)
+    return twin if a == b else None
+
+
+def result_path(job: Job, args: argparse.Namespace) -> Path:
+    return Path(args.results_dir) / job.name / job.task / f"seed{job.seed}.json"
+
+
+def command(job: Job, args: argparse.Namespace, twin: Optional[Job] = None) -> tuple[list[str], Path]:
+    result = result_path(job, args)
     out_dir = Path(args.out_dir) / job.name
     run_dir = out_dir / job.algo / job.task / f"seed{job.seed}"
     cmd = [sys.executable, str(ROOT / "algorithms" / f"{job.algo}.py"),
            "--config", str(Path(args.config_dir) / job.algo / f"{job.task}.yaml"),
            "--seed", str(job.seed), "--out_dir", str(out_dir), "--results_path", str(result), *job.overrides,
            *args.extra]
+    if twin is not None:  # one training, both evaluations (twin_task)
+        cmd += ["--also_evaluate", f"{twin.task}={result_path(twin, args)}"]
     if any(run_dir.glob("checkpoint_*.pt")):
         cmd += ["--resume", "true"]
     return cmd, result
@@ -128,6 +153,9 @@ def main() -> None:
     p.add_argument("--stagger", type=float, default=0.0,
                    help="seconds between consecutive starts: runs started together compile their graphs at the same "
                         "moments and leave the GPU idle meanwhile; staggered, one run's compile overlaps others' steps")
+    p.add_argument("--separate-twins", action="store_true",
+                   help="train maze2d-X and multi2d-X runs of Diffuser / MAGE separately (by default one training "
+                        "gives both results when their configs differ only in the task: twin_task)")
     p.add_argument("--dry-run", action="store_true", help="print the commands and exit")
     p.add_argument("extra", nargs="*", help="after --: overrides passed to every run, e.g. -- --eval_episodes 50")
     args = p.parse_args()
@@ -155,13 +183,23 @@ def main() -> None:
             stale[job.tag] = result
         else:
             print(f"skip {job.tag}: {result} exists" + (f" (stale: {', '.join(changed)})" if changed else ""))
+    twins: dict[str, Job] = {}  # maze2d job tag -> its multi2d twin, evaluated by the same run
+    if not args.separate_twins:
+        by_key = {(j.name, j.task, j.seed): j for j in todo}
+        for job in list(todo):
+            twin = twin_task(job, Path(args.config_dir))
+            other = by_key.get((job.name, twin, job.seed)) if twin else None
+            if other is not None and other in todo and "--resume" not in command(other, args)[0]:
+                todo.remove(other)
+                twins[job.tag] = other
+                print(f"twin {other.tag}: evaluated by {job.tag} (the same training: configs differ only in task)")
     slots = [g for g in args.gpus.split(",") if g != ""] or [""]
     slots = [g for _ in range(args.per_gpu) for g in slots]  # round-robin: consecutive jobs land on different GPUs
     log_dir = Path(args.out_dir) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     if args.dry_run:
         for job in todo:
-            print(" ".join(command(job, args)[0]))
+            print(" ".join(command(job, args, twins.get(job.tag))[0]))
         return
     running: dict[str, tuple[subprocess.Popen, Job, float]] = {}
     failed: list[str] = []
@@ -177,9 +215,10 @@ def main() -> None:
             if time.time() - last_start < args.stagger:
                 break
             job = queue.pop(0)
-            if job.tag in stale:  # the run refuses to start over an existing result file
-                aside[job.tag] = set_aside(stale[job.tag])
-            cmd, _ = command(job, args)
+            for j in (job, twins.get(job.tag)):
+                if j is not None and j.tag in stale:  # the run refuses to start over an existing result file
+                    aside[j.tag] = set_aside(stale[j.tag])
+            cmd, _ = command(job, args, twins.get(job.tag))
             env = {**os.environ, "PYTHONUNBUFFERED": "1"}
             if gpu != "":
                 env["CUDA_VISIBLE_DEVICES"] = gpu
@@ -191,15 +230,17 @@ def main() -> None:
         for key, (proc, job, t0) in list(running.items()):
             if proc.poll() is not None:
                 status = "done" if proc.returncode == 0 else f"FAILED (exit {proc.returncode})"
+                ran = [j for j in (job, twins.get(job.tag)) if j is not None]
                 if proc.returncode:
-                    failed.append(job.tag)
-                    if job.tag in aside and not stale[job.tag].exists():  # keep the old result
-                        aside[job.tag].rename(stale[job.tag])
-                print(f"{status} {job.tag} in {time.time() - t0:.0f}s", flush=True)
+                    failed += [j.tag for j in ran]
+                    for j in ran:
+                        if j.tag in aside and not stale[j.tag].exists():  # keep the old result
+                            aside[j.tag].rename(stale[j.tag])
+                print(f"{status} {' + '.join(j.tag for j in ran)} in {time.time() - t0:.0f}s", flush=True)
                 del running[key]
         time.sleep(1.0)
-    print(f"finished: {len(todo) - len(failed)} ok, {len(failed)} failed {failed} in {time.time() - t_start:.0f}s",
-          flush=True)
+    print(f"finished: {len(todo) + len(twins) - len(failed)} ok, {len(failed)} failed {failed} in "
+          f"{time.time() - t_start:.0f}s", flush=True)
     sys.exit(1 if failed else 0)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Protocol, Tuple
 
 import numpy as np
@@ -47,6 +47,11 @@ class EvalResult:
     success_rate: float  # fraction of episodes that ever got a reward > 0
     action_latency_ms: float  # median wall-clock time of one `act` call
     latency_batch_size: int  # the batch size (number of envs) of those calls
+    # per episode, in episode order: env step (0-based) of the first reward > 0, -1 if none; on goal tasks the
+    # start (x, y) (first two observation dims at reset) and the goal (x, y), empty lists on other tasks
+    first_reward_steps: List[int] = field(default_factory=list)
+    starts: List[List[float]] = field(default_factory=list)
+    goals: List[List[float]] = field(default_factory=list)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -219,7 +224,9 @@ def evaluate(
         cached.append(make_eval_env(task_name))
     envs = cached[:num_envs]
     returns: List[float] = []
-    successes: List[bool] = []
+    first_reward_steps: List[int] = []
+    starts: List[List[float]] = []
+    goal_xys: List[List[float]] = []
     latencies: List[float] = []
     latency_batch = num_envs
     bar = tqdm(total=episodes * task.max_episode_steps, unit="step", desc=f"eval {task_name}", disable=not progress)
@@ -230,11 +237,15 @@ def evaluate(
             resets = [env.reset(seed=seed + first + i) for i, env in enumerate(wave)]
             obs = np.stack([o for o, _ in resets]).astype(np.float32)
             goals = np.stack([info["goal"] for _, info in resets]).astype(np.float32)
+            if task.goal_conditioned:
+                starts.extend(obs[:, :2].tolist())
+                goal_xys.extend(goals.tolist())
             last_rewards = np.zeros(n, dtype=np.float32)
             wave_returns = np.zeros(n, dtype=np.float64)
-            wave_success = np.zeros(n, dtype=bool)
+            wave_first = np.full(n, -1, dtype=np.int64)
             alive = np.ones(n, dtype=bool)
             policy.reset(goals)
+            t = 0  # every env still alive has taken exactly t steps: ended envs are never stepped again
             while alive.any():
                 start = time.perf_counter()
                 actions = np.asarray(policy.act(obs, last_rewards))
@@ -245,11 +256,13 @@ def evaluate(
                     o, r, terminated, truncated, _ = wave[i].step(actions[i])
                     obs[i], last_rewards[i] = o, r
                     wave_returns[i] += r
-                    wave_success[i] |= r > 0
+                    if r > 0 and wave_first[i] < 0:
+                        wave_first[i] = t
                     alive[i] = not (terminated or truncated)
                 bar.update(len(stepping))
+                t += 1
             returns.extend(wave_returns.tolist())
-            successes.extend(wave_success.tolist())
+            first_reward_steps.extend(wave_first.tolist())
     finally:
         bar.close()
 
@@ -264,7 +277,10 @@ def evaluate(
         return_std=float(np.std(returns)),
         score_mean=float(np.mean(normalized)),
         score_std=float(np.std(normalized)),
-        success_rate=float(np.mean(successes)),
+        success_rate=float(np.mean(np.asarray(first_reward_steps) >= 0)),
         action_latency_ms=1000.0 * float(np.median(latencies)) if latencies else math.nan,
         latency_batch_size=latency_batch,
+        first_reward_steps=first_reward_steps,
+        starts=starts,
+        goals=goal_xys,
     )

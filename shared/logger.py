@@ -12,8 +12,9 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
+from shared.tasks import get_task
 from shared.utils import RunError, atomic_write_json, git_commit
 
 try:
@@ -104,8 +105,20 @@ def make_result(algo: str, config: Any, dataset_info: dict, eval_result: Any, tr
         "device": device,
         "git_commit": git_commit(),
         "learning_curve": curve or [],
+        "episode_detail": episode_detail(ev),
         "config": cfg,
     }
+
+
+def episode_detail(ev: dict) -> dict:
+    """Per-episode outcomes of an evaluation (``EvalResult.to_dict()``), rounded to keep result files small: returns,
+    first reward step (-1: never), and on goal tasks start and goal (x, y). Older result files lack it."""
+    detail = {"returns": [round(r, 4) for r in ev.get("returns", [])],
+              "first_reward_step": list(ev.get("first_reward_steps", []))}
+    if ev.get("goals"):
+        detail["start_xy"] = [[round(v, 4) for v in xy] for xy in ev["starts"]]
+        detail["goal_xy"] = [[round(v, 4) for v in xy] for xy in ev["goals"]]
+    return detail
 
 
 def write_result(path: Path, result: dict, overwrite: bool = False) -> Path:
@@ -127,9 +140,11 @@ def prepare_run_dir(config: Any, algo: str) -> Path:
     if not config.resume and any(run_dir.glob("checkpoint_*.pt")):
         raise RunError(f"{run_dir} already holds checkpoints; pass --resume true to continue or pick another out_dir")
     results_path = getattr(config, "results_path", None)
-    if results_path and Path(results_path).exists():  # refuse now, not after hours of training (write_result would)
-        raise RunError(f"result file {results_path} already exists; refusing to start a run that could not write it "
-                       "(remove it or pick another results_path)")
+    also = also_evaluate(config)
+    for path in [results_path] + ([also[1]] if also else []):
+        if path and Path(path).exists():  # refuse now, not after hours of training (write_result would)
+            raise RunError(f"result file {path} already exists; refusing to start a run that could not write it "
+                           "(remove it or pick another results_path / also_evaluate)")
     run_dir.mkdir(parents=True, exist_ok=True)
     _lock_run_dir(run_dir)
     return run_dir
@@ -159,9 +174,28 @@ def _lock_run_dir(run_dir: Path) -> None:
     _RUN_LOCKS[key] = fd
 
 
+def also_evaluate(config: Any) -> Optional[tuple[str, str]]:
+    """(task, result path) of ``config.also_evaluate`` ("TASK=PATH"), None when unset. The other task must train on
+    the same data (maze2d-X and multi2d-X: benchmarks/run.py's twin runs), else one line before any work."""
+    value = getattr(config, "also_evaluate", "")
+    if not value:
+        return None
+    task, sep, path = value.partition("=")
+    if not sep or not path:
+        raise RunError(f"also_evaluate '{value}': expected TASK=PATH (e.g. multi2d-large=results/seed0.json)")
+    other, own = get_task(task), get_task(config.task)
+    if other.data_name != own.data_name:
+        raise RunError(f"also_evaluate: {other.name} trains on {other.data_name}, not on {own.data_name} as "
+                       f"{own.name}; a policy is evaluated only on a task of its own data")
+    return other.name, path
+
+
 def finish_run(algo: str, config: Any, run_dir: Path, logger: Logger, dataset_info: dict, eval_result: Any,
-               train_steps: int, train_wall_s: float, device: str) -> dict:
-    """Log the final evaluation, write ``run_dir/final.json`` (and ``config.results_path``), close W&B."""
+               train_steps: int, train_wall_s: float, device: str,
+               evaluate_on: Optional[Callable[[str], Any]] = None) -> dict:
+    """Log the final evaluation, write ``run_dir/final.json`` (and ``config.results_path``), close W&B. With
+    ``config.also_evaluate``, ``evaluate_on(task)`` evaluates the same policy on that task too and its result is
+    written as that task's (its learning curve empty: the run evaluated its own task during training)."""
     logger.log({"eval/normalized_score": eval_result.score_mean, "eval/return": eval_result.return_mean,
                 "eval/success_rate": eval_result.success_rate}, train_steps)
     final = make_result(algo, config, dataset_info, eval_result, train_steps, train_wall_s, device,
@@ -169,8 +203,22 @@ def finish_run(algo: str, config: Any, run_dir: Path, logger: Logger, dataset_in
     write_result(Path(run_dir) / "final.json", final, overwrite=True)
     if getattr(config, "results_path", None):
         write_result(Path(config.results_path), final)
-    logger.finish(final)
     print(f"[{algo}] {config.task} seed {config.seed}: normalized score {eval_result.score_mean:.1f} "
           f"± {eval_result.score_std:.1f} (return {eval_result.return_mean:.1f}), {train_steps} steps "
           f"in {train_wall_s:.0f}s on {device}")
+    also = also_evaluate(config)
+    if also is not None:
+        if evaluate_on is None:
+            raise RunError(f"{algo} cannot evaluate on another task (also_evaluate)")
+        task, path = also
+        other = evaluate_on(task)
+        twin = dataclasses.replace(config, task=task, results_path=path, also_evaluate="")
+        twin_result = {**make_result(algo, twin, dataset_info, other, train_steps, train_wall_s, device),
+                       "trained_by": f"the {config.task} run of seed {config.seed} (one training, both evaluations)"}
+        write_result(Path(path), twin_result)
+        logger.log({"eval_also/normalized_score": other.score_mean, "eval_also/success_rate": other.success_rate},
+                   train_steps)
+        print(f"[{algo}] {task} seed {config.seed} (the same policy): normalized score {other.score_mean:.1f} "
+              f"± {other.score_std:.1f} (return {other.return_mean:.1f})")
+    logger.finish(final)
     return final

@@ -598,3 +598,106 @@ def test_the_data_controller_column_sits_beside_the_algorithms_when_measured(res
     assert "| `maze2d-umaze` | **110.0 ± 10.0** (3) | 62.0 ± 2.0 (3) | 93.3 / 97.1 |" in md
     assert "| `maze2d-large` | 130.0 ± 10.0 (3) | **142.0 ± 2.0** (3) | — / — |" in md
     assert "`data's controller`: the waypoint controller that collected the data" in md
+
+
+# ----------------------------------------------------------------------------- goal breakdown
+def write_evaluated(path: Path, algo: str, task: str, seed: int, ev) -> Path:
+    """A result file written by the runs' own path (make_result, write_result) from an EvalResult."""
+    from shared.logger import make_result, write_result as write
+
+    config = {"task": task, "seed": seed, "eval_seed": ev.seed, "num_eval_envs": 10}
+    return write(path, make_result(algo, config, {}, ev, train_steps=10, train_wall_s=1.0, device="cpu"))
+
+
+def large_maze_eval(episodes: list):
+    """multi2d-large EvalResult of (start cell, goal cell, first reward step, return) episodes; the starts lie off
+    their cells' centres (the aggregate fields are placeholders)."""
+    from shared.evaluation import EvalResult
+    from shared.mazes import cell_to_xy, maze_map
+
+    grid = maze_map("large")
+    returns = [ret for *_, ret in episodes]
+    return EvalResult(
+        "multi2d-large", len(episodes), 1000, returns, returns, return_mean=0.0, return_std=0.0, score_mean=0.0,
+        score_std=0.0, success_rate=0.0, action_latency_ms=1.0, latency_batch_size=5,
+        first_reward_steps=[first for _, _, first, _ in episodes],
+        starts=[(cell_to_xy(grid, start) + [0.312345678, -0.312345678]).tolist() for start, *_ in episodes],
+        goals=[cell_to_xy(grid, goal).tolist() for _, goal, *_ in episodes])
+
+
+def test_goal_breakdown_bins_episodes_by_bfs_path_length(tmp_path, capsys):
+    from shared.tasks import normalized_score
+
+    breakdown = load_script("goal_breakdown")
+    # multi2d-large; BFS path lengths 3, 6, 6, 13, 17 (straight-line cells apart: 3, 2, 2, 11, 15)
+    seed0 = [((1, 1), (1, 4), 10, 50.0), ((1, 4), (1, 6), -1, 0.0), ((1, 4), (1, 6), 30, 20.0),
+             ((7, 1), (1, 6), 100, 5.0), ((7, 1), (1, 10), -1, 0.0)]
+    seed1 = [*seed0[:1], ((1, 4), (1, 6), 40, 10.0), *seed0[2:]]
+    files = [write_evaluated(tmp_path / "mage" / "multi2d-large" / f"seed{k}.json", "mage", "multi2d-large", k,
+                             large_maze_eval(eps)) for k, eps in enumerate((seed0, seed1))]
+    old = tmp_path / "results"
+    write_result(old, "bc", "multi2d-large", 0, 50.0)  # a file from before episode_detail
+    detail = json.loads(files[0].read_text())["episode_detail"]
+    assert set(detail) == {"returns", "first_reward_step", "start_xy", "goal_xy"}
+    # rounded to 4 decimals: start cell (1, 1)'s centre (-4.5, 3) + the offset, goal cell (1, 4)'s centre
+    assert detail["start_xy"][0] == [-4.1877, 2.6877] and detail["goal_xy"][0] == [-1.5, 3.0]
+
+    out = tmp_path / "breakdown.json"
+    assert breakdown.main([*map(str, files), str(old / "bc/multi2d-large/seed0.json"), "--json", str(out)]) == 0
+    [table] = json.loads(out.read_text())["tables"]
+    assert table["name"] == "mage" and table["task"] == "multi2d-large"
+    rows = {r["bin"]: r for r in table["rows"]}
+    assert list(rows) == ["0-3", "4-7", "8-11", "12-15", "16+"]
+    assert [rows[b]["episodes"] for b in rows] == [2, 4, 0, 2, 2]
+    assert [rows[b]["reached"] for b in rows] == [1.0, 0.75, None, 1.0, 0.0]
+    assert [rows[b]["first_reward_step_median"] for b in rows] == [10.0, 30.0, None, 100.0, None]
+    assert rows["4-7"]["score_mean"] == pytest.approx(
+        sum(normalized_score("multi2d-large", r) for r in (0.0, 20.0, 10.0, 20.0)) / 4)
+    printed = capsys.readouterr().out
+    assert "skipped " + str(old / "bc/multi2d-large/seed0.json") + ": no episode_detail" in printed
+    assert "| 4-7 | 4 | 75% | 30 |" in printed and "| 8-11 | 0 | — | — | — |" in printed
+
+
+def test_goal_breakdown_runs_the_data_controller_on_the_files_episodes(tmp_path):
+    from shared.evaluation import RandomPolicy, evaluate
+
+    breakdown = load_script("goal_breakdown")
+    # evaluation seeds 11-14 put 1 and 3 episodes in the first two bins (seeds 0-3 and 1000-1003: 3 and 1)
+    ev = evaluate("multi2d-umaze", RandomPolicy(2, seed=11), episodes=4, seed=11, progress=False)
+    path = write_evaluated(tmp_path / "random" / "multi2d-umaze" / "seed0.json", "random", "multi2d-umaze", 0, ev)
+    out = tmp_path / "breakdown.json"
+    assert breakdown.main([str(path), "--controller", "noiseless", "--json", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    algo, controller = payload["tables"][0]["rows"], payload["controller"]
+    assert [r["episodes"] for r in algo] == [r["episodes"] for r in controller["rows"]] == [1, 3, 0, 0, 0]
+    assert (controller["eval_seed"], controller["episodes"], controller["action_noise"]) == (11, 4, 0.0)
+    assert [r["reached"] for r in controller["rows"][:2]] == [1.0, 1.0]
+    assert sum(r["reached"] * r["episodes"] for r in algo[:2]) == 2  # the random policy: the 2 of seeds 13 and 14
+
+
+def test_run_py_trains_a_planners_maze2d_and_multi2d_runs_once_when_their_configs_match(tmp_path):
+    import subprocess
+    import sys
+
+    configs = tmp_path / "configs"
+    for algo in ("mage", "bc"):
+        (configs / algo).mkdir(parents=True)
+        for task in ("maze2d-umaze", "multi2d-umaze", "maze2d-medium", "multi2d-medium"):
+            extra = "horizon: 32\n" if task == "multi2d-medium" else ""  # medium's twin configs differ
+            (configs / algo / f"{task}.yaml").write_text(f"task: {task}\nsteps: 10\n{extra}")
+
+    def dry(*extra):
+        return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run.py"), "--algos", "mage", "bc",
+                               "--tasks", "maze2d-umaze", "multi2d-umaze", "maze2d-medium", "multi2d-medium",
+                               "--seeds", "0", "--config-dir", str(configs), "--results-dir",
+                               str(tmp_path / "results"), "--out-dir", str(tmp_path / "runs"), "--dry-run", *extra],
+                              capture_output=True, text=True, timeout=120).stdout
+
+    out = dry()
+    commands = [line for line in out.splitlines() if "algorithms/" in line]
+    # MAGE umaze: one training for both; MAGE medium (configs differ) and BC (no goal on maze2d): separate
+    assert len(commands) == 7 and "twin mage-multi2d-umaze-seed0: evaluated by mage-maze2d-umaze-seed0" in out
+    (umaze,) = [c for c in commands if "--also_evaluate" in c]
+    assert "mage/maze2d-umaze.yaml" in umaze
+    assert f"--also_evaluate multi2d-umaze={tmp_path / 'results' / 'mage' / 'multi2d-umaze' / 'seed0.json'}" in umaze
+    assert len([c for c in dry("--separate-twins").splitlines() if "algorithms/" in c]) == 8

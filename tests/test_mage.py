@@ -1,6 +1,7 @@
 """MAGE: residual quantisation, the block-causal transformer, learning, resume and a tiny end-to-end run."""
 
 import dataclasses
+import json
 import math
 import subprocess
 import sys
@@ -242,3 +243,28 @@ def test_a_learnt_return_target_replaces_the_fixed_one():
     assert not np.allclose(*fixed)
     with pytest.raises(mage.RunError, match="needs --return_condition true"):
         mage.load_data(dataclasses.replace(cfg, return_condition=False), torch.device("cpu"))
+
+
+def test_one_training_writes_the_maze2d_and_multi2d_results_of_the_same_policy(tmp_path):
+    """--also_evaluate (benchmarks/run.py's twin runs): the policy trained on maze2d-umaze is also evaluated on
+    multi2d-umaze (same data, random goals) and that result is written as multi2d-umaze's, refused up front when
+    the file exists or the task trains on other data."""
+    paths = {t: tmp_path / "results" / t / "seed0.json" for t in ("maze2d-umaze", "multi2d-umaze")}
+    config = mage.TrainConfig(**SMALL, **TINY_DATA, ae_steps=4, tf_steps=4, e2e_steps=2, log_every=2,
+                              eval_episodes=4, num_eval_envs=4, out_dir=str(tmp_path / "runs"),
+                              results_path=str(paths["maze2d-umaze"]),
+                              also_evaluate=f"multi2d-umaze={paths['multi2d-umaze']}")
+    mage.main(config)
+    own, twin = (json.loads(p.read_text()) for p in paths.values())
+    assert (own["task"], twin["task"], twin["config"]["task"]) == ("maze2d-umaze", "multi2d-umaze", "multi2d-umaze")
+    assert twin["train_steps"] == own["train_steps"] == 10 and "maze2d-umaze run" in twin["trained_by"]
+    assert twin["config"]["also_evaluate"] == "" and twin["learning_curve"] == []
+    fixed, random_goals = ({tuple(g) for g in r["episode_detail"]["goal_xy"]} for r in (own, twin))
+    assert len(fixed) == 1 and len(random_goals) > 1  # D4RL's fixed goal vs a goal per episode
+    again = dataclasses.replace(config, out_dir=str(tmp_path / "runs2"), results_path=str(tmp_path / "other.json"))
+    with pytest.raises(mage.RunError, match="multi2d-umaze/seed0.json already exists"):
+        mage.main(again)
+    with pytest.raises(mage.RunError, match="trains on maze2d-large"):
+        mage.main(dataclasses.replace(again, also_evaluate=f"multi2d-large={tmp_path / 'x.json'}"))
+    with pytest.raises(mage.RunError, match="expected TASK=PATH"):
+        mage.main(dataclasses.replace(again, also_evaluate="multi2d-umaze"))
