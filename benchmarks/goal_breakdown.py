@@ -10,6 +10,8 @@ start cell to the goal cell, in moves between maze cells (``shared.mazes.bfs_pat
 variant, task): episodes, share that reached the goal (a reward > 0), median step of the first reward among those,
 mean normalised score. Files without ``episode_detail`` (written before it existed) are named and skipped.
 
+``--by goal`` groups the episodes by goal cell instead (are some goals never reached?).
+
 ``--controller`` also evaluates the waypoint controller that collected the data (``noisy``: with its N(0, 0.5) action
 noise; ``noiseless``: the expert reference, score 100) as benchmarks/collector_scores.py does, on the first file's task,
 evaluation seed and episode count (the same episodes as the algorithm's), and prints its table beside. ``--json OUT``
@@ -62,15 +64,21 @@ def path_length(grid: list[list], start_xy: list[float], goal_xy: list[float]) -
     return len(bfs_path(grid, xy_to_cell(grid, start_xy), xy_to_cell(grid, goal_xy))) - 1
 
 
-def breakdown(task_name: str, details: list[dict]) -> list[dict]:
-    """One row per bin (all bins, empty ones too) over the episodes of ``details`` (``episode_detail`` dicts)."""
+def breakdown(task_name: str, details: list[dict], by: str = "distance") -> list[dict]:
+    """One row per group of the episodes of ``details`` (``episode_detail`` dicts): per distance bin (all bins,
+    empty ones too), or per goal cell (``by="goal"``: the cells goals were drawn in, row-major)."""
     grid = maze_map(get_task(task_name).maze)
-    binned: list[list[tuple[int, float]]] = [[] for _ in BINS]  # per bin: (first reward step, return)
+    groups: dict = {name: [] for name in BINS} if by == "distance" else {}  # group -> [(first reward step, return)]
     for d in details:
         for start, goal, first, ret in zip(d["start_xy"], d["goal_xy"], d["first_reward_step"], d["returns"]):
-            binned[bisect.bisect_right(BIN_STARTS, path_length(grid, start, goal)) - 1].append((first, ret))
+            if by == "distance":
+                key = BINS[bisect.bisect_right(BIN_STARTS, path_length(grid, start, goal)) - 1]
+            else:
+                key = xy_to_cell(grid, goal)
+            groups.setdefault(key, []).append((first, ret))
     rows = []
-    for name, episodes in zip(BINS, binned):
+    for name, episodes in groups.items() if by == "distance" else sorted(groups.items()):
+        name = name if by == "distance" else f"({name[0]}, {name[1]})"
         firsts = [f for f, _ in episodes if f >= 0]
         scores = [normalized_score(task_name, r) for _, r in episodes]
         rows.append({"bin": name, "episodes": len(episodes),
@@ -80,31 +88,34 @@ def breakdown(task_name: str, details: list[dict]) -> list[dict]:
     return rows
 
 
-def markdown(title: str, rows: list[dict]) -> str:
+def markdown(title: str, rows: list[dict], by: str = "distance") -> str:
     def cell(value: Optional[float], fmt: str) -> str:
         return "—" if value is None else format(value, fmt)
 
-    lines = [f"### {title}", "", "| path (cells) | episodes | reached | median first-reward step | mean score |",
+    group = "path (cells)" if by == "distance" else "goal cell (row, col)"
+    lines = [f"### {title}", "", f"| {group} | episodes | reached | median first-reward step | mean score |",
              "|---|---|---|---|---|"]
     lines += [f"| {r['bin']} | {r['episodes']} | {cell(r['reached'], '.0%')} | "
               f"{cell(r['first_reward_step_median'], '.0f')} | {cell(r['score_mean'], '.1f')} |" for r in rows]
     return "\n".join(lines)
 
 
-def controller_table(result: dict, kind: str) -> dict:
+def controller_table(result: dict, kind: str, by: str = "distance") -> dict:
     """The data's waypoint controller on the episodes ``result`` was evaluated on (its task, eval seed, count)."""
     collector_scores = load_script(Path(__file__).with_name("collector_scores.py"), "benchmarks_collector_scores")
     task, seed, episodes = result["task"], result["config"]["eval_seed"], result["episodes"]
     ev = evaluate(task, collector_scores.controller(task, NOISE[kind], seed), episodes, seed,
                   num_envs=min(episodes, 50), progress=False)  # results do not depend on num_envs
     return {"controller": kind, "action_noise": NOISE[kind], "task": task, "eval_seed": seed, "episodes": episodes,
-            "rows": breakdown(task, [episode_detail(ev.to_dict())])}
+            "rows": breakdown(task, [episode_detail(ev.to_dict())], by)}
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("files", nargs="+", type=Path, help="result files (benchmarks/results/<algo>/<task>/seed<k>.json)")
     p.add_argument("--controller", choices=sorted(NOISE), help="also break down the data's waypoint controller")
+    p.add_argument("--by", choices=("distance", "goal"), default="distance",
+                   help="group episodes by start-goal path length (default) or by goal cell")
     p.add_argument("--json", type=Path, metavar="OUT", help="write the tables' numbers here")
     args = p.parse_args(argv)
 
@@ -123,22 +134,23 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     tables = []
     for (name, task), runs in cells.items():
-        rows = breakdown(task, [r["episode_detail"] for _, r in runs])
+        rows = breakdown(task, [r["episode_detail"] for _, r in runs], args.by)
         tables.append({"name": name, "task": task, "files": [str(path) for path, _ in runs], "rows": rows})
         print("\n" + markdown(f"{name} on {task} ({len(runs)} files, {sum(r['episodes'] for r in rows)} episodes)",
-                              rows))
+                              rows, args.by))
 
     controller = None
     if args.controller:
         first = results[0][1]
         if point_maze(first["task"]) is None:
             p.error(f"--controller: {first['task']} is not an embedded point-maze task")
-        controller = controller_table(first, args.controller)
+        controller = controller_table(first, args.controller, args.by)
         print("\n" + markdown(f"data's waypoint controller ({args.controller}, action noise {NOISE[args.controller]}) "
                               f"on {controller['task']}, evaluation seeds {controller['eval_seed']}-"
-                              f"{controller['eval_seed'] + controller['episodes'] - 1}", controller["rows"]))
+                              f"{controller['eval_seed'] + controller['episodes'] - 1}", controller["rows"], args.by))
     if args.json:
-        atomic_write_json(args.json, {"bins": BINS, "tables": tables, "controller": controller, "skipped": skipped})
+        atomic_write_json(args.json, {"by": args.by, "bins": BINS if args.by == "distance" else None,
+                                      "tables": tables, "controller": controller, "skipped": skipped})
         print(f"\nwrote {args.json}")
     return 0
 

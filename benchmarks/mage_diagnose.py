@@ -30,7 +30,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from shared.evaluation import goal_behaviour, make_eval_env  # noqa: E402
+from shared.evaluation import Recorder, evaluate, goal_behaviour, make_eval_env  # noqa: E402
+from shared.mazes import cell_to_xy, maze_map  # noqa: E402
+from shared.tasks import get_task, is_point_maze  # noqa: E402
 from shared.utils import RunError, load_latest_checkpoint, load_script  # noqa: E402
 
 mage = load_script(ROOT / "algorithms" / "mage.py", "mage")
@@ -80,6 +82,54 @@ def plan_accuracy(model, data, segments: int, seed: int) -> None:
               f"mean |a| {act.abs().mean():.2f}")
 
 
+def plot_rollouts(task_name: str, policy, episodes: int, seed: int, out: Path) -> None:
+    """Evaluate ``policy`` as ``evaluate`` does and draw every episode's (x, y) path on the maze: reached episodes
+    thin and blue, the others red, each of the first of them (up to 11) also on its own panel with start and goal."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rec = Recorder(policy)
+    result = evaluate(task_name, rec, episodes, seed, num_envs=min(episodes, 50), progress=False)
+    paths = np.concatenate([np.stack(wave, 1) for wave in rec.paths], 0)  # [episodes, T, 2] (wave lengths match:
+    # every wave runs max_episode_steps on maze tasks)
+    reached = np.asarray(result.first_reward_steps) >= 0
+    goals = np.asarray(result.goals)
+    grid = maze_map(get_task(task_name).maze)
+    failed = np.flatnonzero(~reached)[:11]
+    cols = min(4, 1 + len(failed))
+    rows = -(-(1 + len(failed)) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+    panels = [(axes.flat[0], np.arange(episodes), f"all {episodes}: {reached.mean():.0%} reached")]
+    panels += [(ax, [i], f"episode {i} (seed {seed + i})") for ax, i in zip(list(axes.flat)[1:], failed)]
+    for ax, idx, title in panels:
+        for r, row in enumerate(grid):
+            for c, v in enumerate(row):
+                if v == 1:
+                    x, y = cell_to_xy(grid, (r, c))
+                    ax.add_patch(plt.Rectangle((x - 0.5, y - 0.5), 1, 1, color="0.75", lw=0))
+        for i in idx:
+            ok = reached[i]
+            ax.plot(paths[i, :, 0], paths[i, :, 1], color="tab:blue" if ok else "tab:red",
+                    lw=0.5 if ok else 1.0, alpha=0.35 if ok and len(idx) > 1 else 0.9)
+            if len(idx) == 1 or not ok:
+                ax.plot(*goals[i], marker="*", color="black" if ok else "tab:red", ms=9)
+            if len(idx) == 1:
+                ax.plot(*paths[i, 0], marker="o", color="tab:green", ms=5)
+        ax.set_title(title, fontsize=8)
+        ax.set_aspect("equal")
+        ax.set_xticks([]), ax.set_yticks([])
+        ax.set_xlim(-len(grid[0]) / 2, len(grid[0]) / 2), ax.set_ylim(-len(grid) / 2, len(grid) / 2)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    fig.suptitle(f"{task_name}: MAGE's evaluation episodes (red: never reached the goal, star; green: start)",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    print(f"wrote {out}: {int((~reached).sum())} of {episodes} episodes never reached the goal")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path, help="a MAGE run folder: out_dir/mage/<task>/seed<k>")
@@ -89,6 +139,9 @@ def main() -> None:
                    help="evaluation-time config overrides (--set a=1 b=2, or --set a=1 --set b=2)")
     p.add_argument("--segments", type=int, default=1024, help="training segments for the plan-accuracy check")
     p.add_argument("--checkpoint", type=Path, default=None, help="a checkpoint file of the run (default: the newest)")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda (the run's fast path, when it trained with compile)")
+    p.add_argument("--rollouts", type=Path, metavar="PNG", help="also draw the evaluation episodes' paths on the maze "
+                   "(point mazes; e.g. with --set task=multi2d-large on a maze2d-large run: its random goals)")
     args = p.parse_args()
     if args.checkpoint is not None:  # e.g. checkpoint_000002000.pt: the model after stage 2 of the tiny config
         state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
@@ -104,18 +157,18 @@ def main() -> None:
             raise RunError(f"unknown config field '{key}'")
         current = values.get(key, fields[key].default)  # a field newer than the checkpoint: its default's type
         values[key] = type(current)(value) if not isinstance(current, bool) else value == "true"
-    config = mage.TrainConfig(**{**values, "device": "cpu"})
-    data = mage.load_data(config, torch.device("cpu"))
+    device = torch.device(args.device)
+    config = mage.TrainConfig(**{**values, "device": args.device})
+    data = mage.load_data(config, device)
     if not data.goal_conditioned:
         raise RunError(f"{config.task} is not a goal task: this diagnosis measures goal reaching")
-    model = mage.MAGE(config, 1 + data.obs_dim, data.cond_dim, data.act_dim)
+    model = mage.MAGE(config, 1 + data.obs_dim, data.cond_dim, data.act_dim).to(device)
     # the weights the run acts with: its EMA when it keeps one (--ema_decay > 0; averaged from stage 2 on)
     use_ema = "ema" in state and state["step"] > config.ae_steps
     model.load_state_dict(state["ema"] if use_ema else state["model"])
     print(f"weights: {f'EMA (ema_decay {config.ema_decay})' if use_ema else 'trained'}")
     model.eval()
-    device = torch.device("cpu")
-    print(f"data: mean |action| {np.abs(data.buffer.fields['actions'].numpy()).mean():.2f}")
+    print(f"data: mean |action| {data.buffer.fields['actions'].abs().mean():.2f}")
     plan_accuracy(model, data, args.segments, config.seed)
     policies = {"inverse-dynamics head": mage.MagePolicy(model, data, config, device)}
     if args.track:
@@ -125,6 +178,10 @@ def main() -> None:
             for name, policy in policies.items()}
     for name, row in rows.items():
         print(f"{name:28s} " + "  ".join(f"{k} {v:.2f}" for k, v in row.items()))
+    if args.rollouts:
+        if not is_point_maze(get_task(config.task)):
+            raise RunError(f"--rollouts draws point-maze paths; {config.task} is not a point maze")
+        plot_rollouts(config.task, policies["inverse-dynamics head"], args.episodes, config.eval_seed, args.rollouts)
     env = make_eval_env(config.task)
     _, info = env.reset(seed=config.eval_seed)
     goal = info["goal"]

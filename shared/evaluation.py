@@ -59,17 +59,20 @@ class EvalResult:
 
 class Recorder:
     """Wraps a Policy and keeps, per wave of episodes, the rewards it is shown and the size of its actions (for
-    ``goal_behaviour``)."""
+    ``goal_behaviour``), and the first two observation dims it sees (the (x, y) path on maze tasks)."""
 
     def __init__(self, policy: Policy) -> None:
         self.policy, self.waves = policy, []  # per wave: (rewards [T, N], mean |action| per step [T])
+        self.paths: list = []  # per wave: obs[:, :2] per step [T, N, 2] (an ended episode's last one repeats)
 
     def reset(self, goals: np.ndarray) -> None:
         self.waves.append(([], []))
+        self.paths.append([])
         self.policy.reset(goals)
 
     def act(self, obs: np.ndarray, last_rewards: np.ndarray) -> np.ndarray:
         rewards, sizes = self.waves[-1]
+        self.paths[-1].append(np.asarray(obs)[:, :2].copy())
         rewards.append(np.asarray(last_rewards, np.float32).copy())
         action = self.policy.act(obs, last_rewards)
         sizes.append(float(np.abs(action).mean()))

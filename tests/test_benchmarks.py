@@ -656,6 +656,12 @@ def test_goal_breakdown_bins_episodes_by_bfs_path_length(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "skipped " + str(old / "bc/multi2d-large/seed0.json") + ": no episode_detail" in printed
     assert "| 4-7 | 4 | 75% | 30 |" in printed and "| 8-11 | 0 | — | — | — |" in printed
+    # by goal cell: (1, 4) reached twice, (1, 6) in 5 of 6 episodes, (1, 10) never
+    assert breakdown.main([*map(str, files), "--by", "goal", "--json", str(out)]) == 0
+    rows = {r["bin"]: r for r in json.loads(out.read_text())["tables"][0]["rows"]}
+    assert {k: (r["episodes"], r["reached"]) for k, r in rows.items()} == {
+        "(1, 4)": (2, 1.0), "(1, 6)": (6, pytest.approx(5 / 6)), "(1, 10)": (2, 0.0)}
+    assert "| goal cell (row, col) |" in capsys.readouterr().out
 
 
 def test_goal_breakdown_runs_the_data_controller_on_the_files_episodes(tmp_path):

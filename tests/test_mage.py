@@ -180,10 +180,11 @@ def test_tiny_config_learns_and_beats_random(tmp_path):
     assert final["normalized_score"] > 40.0, final["normalized_score"]
     # the diagnosis script reads the run folder back and measures the policy's goal-reaching behaviour
     run_dir = tmp_path / "mage/maze2d-umaze/seed0"
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/mage_diagnose.py"), str(run_dir), "--episodes", "4"],
-                         capture_output=True, text=True, timeout=600)
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks/mage_diagnose.py"), str(run_dir), "--episodes", "4",
+                          "--rollouts", str(tmp_path / "rollouts.png")], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "inverse-dynamics head" in out.stdout and "controller on plan step 1" in out.stdout, out.stdout
+    assert "of 4 episodes never reached the goal" in out.stdout and (tmp_path / "rollouts.png").stat().st_size > 10_000
 
 
 @pytest.mark.slow
