@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# The three locomotion behaviour policies (shared/data/locomotion.py, issue 16) in one device-tool lease, one GPU:
+#   bash benchmarks/device_sac.sh start [SECONDS]   MPS, hopper / halfcheetah / walker2d SAC detached, watch SECONDS
+#   bash benchmarks/device_sac.sh watch [SECONDS]   watch, then pack the selected policies and the logs into $OUT
+# ENVS (default all three) picks the envs; each trains `configs/locomotion_sac.yaml` with NUM_ENVS (default 5, so three
+# runs share 16 cores) env workers and --max_train_s MAX_TRAIN_S (default 480: training stops there and the run still
+# selects and writes its policies; policies.json then says stopped_early). Estimated ~8 min of training each (the ant
+# controller's 1M env steps took 486 s alone on one H200; never measured for these envs). Each run writes into a copy
+# of the tree under /tmp/tree; $OUT/locomotion.tar.gz holds its shared/data/locomotion/<env>/ folders (commit them
+# after checking policies.json), $OUT/sac-logs.tar.gz the logs and GPU samples. The host needs this repo's requirements
+# besides torch (carry the wheels: docs/benchmarks.md). Detached runs die when the host is given back: keep calling
+# `watch`.
+set -u
+CMD=${1:-watch}
+ENVS=${ENVS:-hopper halfcheetah walker2d}
+export WANDB_MODE=disabled PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
+export CUDA_MPS_PIPE_DIRECTORY=/tmp/mps CUDA_MPS_LOG_DIRECTORY=/tmp/mps-log
+OUT=${OUT:-/tmp/out}
+
+watch() {
+  local end=$(( $(date +%s) + ${1:-540} ))
+  while [ "$(date +%s)" -lt $end ] && pgrep -f "shared.data.locomotion train" > /dev/null; do sleep 10; done
+  for e in $ENVS; do echo "$e: $(grep -h '\[locomotion\]\|error' "/tmp/sac-$e.log" 2>/dev/null | tail -n 1)"; done
+  nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
+  mkdir -p "$OUT"
+  (cd /tmp/tree && tar czf "$OUT/locomotion.tar.gz" shared/data/locomotion 2>/dev/null)
+  (cd /tmp && tar czf "$OUT/sac-logs.tar.gz" $(ls sac-*.log gpu-usage.csv 2>/dev/null))
+}
+
+if [ "$CMD" = start ]; then
+  T0=$(date +%s)
+  rm -rf /tmp/tree && mkdir -p /tmp/tree && tar cf - --exclude=./.whl . | tar xf - -C /tmp/tree \
+    && cd /tmp/tree || exit 1
+  mkdir -p /tmp/mps /tmp/mps-log
+  nvidia-cuda-mps-control -d && echo "MPS daemon started"
+  setsid nohup nvidia-smi --query-gpu=timestamp,index,utilization.gpu,memory.used --format=csv,noheader -l 5 \
+    > /tmp/gpu-usage.csv 2>&1 < /dev/null &
+  for e in $ENVS; do
+    setsid nohup python3 -m shared.data.locomotion train --env "$e" --config configs/locomotion_sac.yaml \
+      --device cuda --num_envs "${NUM_ENVS:-5}" --max_train_s "${MAX_TRAIN_S:-480}" --out_dir /tmp/runs/locomotion \
+      > "/tmp/sac-$e.log" 2>&1 < /dev/null &
+    echo "started SAC $e"
+  done
+  sleep 5
+  watch $(( ${2:-540} - ($(date +%s) - T0) ))
+else
+  cd /tmp/tree 2>/dev/null || true
+  watch "${2:-540}"
+fi
