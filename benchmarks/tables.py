@@ -390,6 +390,9 @@ def timing_table(cells: dict, names: list[str], tasks: list[str]) -> list[str]:
                                          else f"{lat[0]:.2f}")
             if resumed:
                 wall_s += f" ({resumed} resumed: not counted)"
+            twins = sum("trained_by" in r for r in cell.runs)
+            if twins:
+                wall_s += f" ({twins} twin)"
             rows.append([f"`{task}`", n, str(len(cell.runs)), ", ".join(map(str, steps)) or "—", wall_s, lat_s,
                          ", ".join(sorted(batches)), "; ".join(devices)])
     if not rows:
@@ -871,7 +874,9 @@ def build(results_dir: Path, out: Path, readme: Optional[Path], plots_dir: Path,
            "MPS), so wall times are those of a busy GPU, not of one run alone. Diffuser plans once per episode "
            "and then follows the plan, so its median `act` is a tracking step; its planning cost per call is in "
            "the speed section below (one GPU, one process). `resumed: not counted`: runs resumed by a version of the "
-           "training loop whose wall time counted only the part after the resume.", ""]
+           "training loop whose wall time counted only the part after the resume. `twin`: the policy of a maze2d run "
+           "evaluated on this task too (benchmarks/run.py's one training for both), so its wall time is that run's.",
+           ""]
     md += timing_table(cells, order_names(present), all_tasks) + [""]
     ablations = {k: v for k, v in variants.items() if k not in protocol}
     md += ["## Ablations", ""] + ablation_table(cells, ablations, present - protocol) + [""]

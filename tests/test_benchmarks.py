@@ -113,6 +113,14 @@ def test_tables_means_bold_paper_columns_and_identical_bytes(results, tmp_path):
     assert readme.count(tables.START) == 1
 
 
+def test_the_timing_table_names_twin_results_whose_training_is_another_runs(results, tmp_path):
+    path = results / "diffuser" / "multi2d-umaze" / "seed0.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "trained_by": "the maze2d-umaze run of seed 0"}))
+    assert generate(results, tmp_path / "a") == 0
+    md = (tmp_path / "a" / "RESULTS.md").read_text()
+    assert "| `multi2d-umaze` | diffuser | 1 | 1000 | 2.0 (1 twin) |" in md and "`twin`: the policy of a maze2d" in md
+
+
 def test_runs_of_an_older_budget_than_the_committed_config_are_marked(tmp_path):
     import yaml
 
