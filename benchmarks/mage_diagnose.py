@@ -159,6 +159,8 @@ def main() -> None:
         values[key] = type(current)(value) if not isinstance(current, bool) else value == "true"
     device = torch.device(args.device)
     config = mage.TrainConfig(**{**values, "device": args.device})
+    if args.rollouts and not is_point_maze(get_task(config.task)):  # before any data or evaluation work
+        raise RunError(f"--rollouts draws point-maze paths; {config.task} is not a point maze")
     data = mage.load_data(config, device)
     if not data.goal_conditioned:
         raise RunError(f"{config.task} is not a goal task: this diagnosis measures goal reaching")
@@ -179,8 +181,6 @@ def main() -> None:
     for name, row in rows.items():
         print(f"{name:28s} " + "  ".join(f"{k} {v:.2f}" for k, v in row.items()))
     if args.rollouts:
-        if not is_point_maze(get_task(config.task)):
-            raise RunError(f"--rollouts draws point-maze paths; {config.task} is not a point maze")
         plot_rollouts(config.task, policies["inverse-dynamics head"], args.episodes, config.eval_seed, args.rollouts)
     env = make_eval_env(config.task)
     _, info = env.reset(seed=config.eval_seed)

@@ -189,7 +189,7 @@ def main() -> None:
         for job in list(todo):
             twin = twin_task(job, Path(args.config_dir))
             other = by_key.get((job.name, twin, job.seed)) if twin else None
-            if other is not None and other in todo and "--resume" not in command(other, args)[0]:
+            if other is not None and "--resume" not in command(other, args)[0]:  # (a killed twin: resume it)
                 todo.remove(other)
                 twins[job.tag] = other
                 print(f"twin {other.tag}: evaluated by {job.tag} (the same training: configs differ only in task)")
