@@ -12,6 +12,7 @@ Choices the paper leaves open are marked "(choice)" and listed in docs/mage.md.
 """
 
 
+import itertools
 import math
 import sys
 from dataclasses import dataclass, field
@@ -270,6 +271,8 @@ class MultiScaleVQ(nn.Module):
             self.register_buffer(f"up{k}", resample_matrix(length, self.L, "linear"), persistent=False)
         self.register_buffer("usage", torch.zeros(vocab))  # code hits since the last dead-code restart
         self.register_buffer("initialised", torch.tensor(False))
+        self.bounds = list(itertools.accumulate([0] + self.scales))  # token offsets per scale, as Python ints
+        self.ready = False  # the codebook is initialised (``init_codebook``; a Python flag: no sync to check it)
 
     def nearest(self, r: torch.Tensor) -> torch.Tensor:
         """r [B, dim, l] -> token indices [B, l] (nearest code in L2; fp32 so bf16 never flips a choice)."""
@@ -288,8 +291,8 @@ class MultiScaleVQ(nn.Module):
 
     def embed_sequence(self, idx: torch.Tensor) -> torch.Tensor:
         """sum_k z_k from the tokens of all scales in one flat sequence [B, sum l_k]."""
-        bounds = np.cumsum([0] + self.scales).tolist()  # Python ints (torch.compile traces them as constants)
-        return sum(self.embed_scale(k, idx[:, lo:hi]) for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])))
+        b = self.bounds  # Python ints: torch.compile traces them as constants (a NumPy call here split its graph)
+        return sum(self.embed_scale(k, idx[:, lo:hi]) for k, (lo, hi) in enumerate(zip(b[:-1], b[1:])))
 
     def next_input(self, f_hat: torch.Tensor, k: int) -> torch.Tensor:
         """VAR's teacher input for scale k+1: the accumulated latent area-downsampled to l_{k+1}, [B, l, dim]."""
@@ -303,10 +306,6 @@ class MultiScaleVQ(nn.Module):
 
     def forward(self, f: torch.Tensor):
         """Quantise f [B, dim, L]. Returns (f_hat with straight-through gradient, token maps, VQ loss, z_k list)."""
-        if self.training and not getattr(self, "_ready", False):  # checked once: bool() would sync every step
-            if not bool(self.initialised):
-                self._init_from(f)
-            self._ready = True
         f_ng = f.detach()
         resid, f_hat = f_ng.clone(), torch.zeros_like(f_ng)
         idx_list, zs, loss = [], [], f.new_zeros(())
@@ -327,8 +326,16 @@ class MultiScaleVQ(nn.Module):
         return f_st, idx_list, loss / len(self.scales), zs
 
     @torch.no_grad()
+    def init_codebook(self, f: torch.Tensor) -> None:
+        """Before the first training step: the codes start on random encoder features of ``f`` [B, dim, L], so none
+        is dead from the first step, unless a checkpoint already initialised them. Called eagerly by ``update``:
+        inside the compiled loss its bool() would split the graph and recompile it once the flag flips."""
+        if not bool(self.initialised):
+            self._init_from(f)
+        self.ready = True
+
+    @torch.no_grad()
     def _init_from(self, f: torch.Tensor) -> None:
-        # (choice) codes start on random encoder features, so none is dead from the first step
         vecs = f.detach().transpose(1, 2).reshape(-1, self.dim)
         pick = torch.randint(len(vecs), (self.codebook.num_embeddings,), device=f.device)
         self.codebook.weight.copy_(vecs[pick] + 0.01 * torch.randn_like(vecs[pick]))
@@ -477,7 +484,7 @@ class MultiScaleTransformer(nn.Module):
         level = torch.cat([torch.full((length,), k) for k, length in enumerate(scales)])
         self.register_buffer("level_ids", level, persistent=False)
         self.register_buffer("mask", level[:, None] >= level[None, :], persistent=False)  # True = may attend
-        self.bounds = np.cumsum([0] + self.scales).tolist()
+        self.bounds = list(itertools.accumulate([0] + self.scales))
 
     def embed(self, c: torch.Tensor, inputs: Optional[torch.Tensor], k0: int, k1: int) -> torch.Tensor:
         """Token embeddings of scales k0..k1-1 (k0 = 0 starts with the condition token)."""
@@ -695,6 +702,9 @@ def update(model: MAGE, optimizer: torch.optim.Optimizer, batch: dict, config: T
         model.encoder.eval(), model.vq.eval()
     loss_fn = fused(STAGE_LOSSES[stage], config.inductor and config.compile and batch["x"].is_cuda)
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=config.bf16 and batch["x"].is_cuda):
+        if stage == "autoencoder" and not model.vq.ready:  # once, eagerly (the first call is an eager warm-up)
+            with torch.no_grad():
+                model.vq.init_codebook(model.encoder(batch["x"]))
         loss, stats = loss_fn(model, batch, config)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()

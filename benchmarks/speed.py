@@ -98,7 +98,9 @@ DEFAULT_SETTINGS = "eager,graphs"
 BF16_SETTINGS = (Setting("eager+bf16", False, True), Setting("graphs+bf16", True, True),
                  Setting("graphs+inductor+bf16", True, True, True))
 # candidates measured beside the fused setting when asked for (--settings graphs+inductor+bf16,...+convmm)
-CANDIDATE_SETTINGS = (Setting("graphs+inductor+bf16+convmm", True, True, True, (("conv_matmul", True),)),)
+# (graphs+bf16+convmm beside graphs+bf16: the same question without inductor's minutes of compilation)
+CANDIDATE_SETTINGS = (Setting("graphs+inductor+bf16+convmm", True, True, True, (("conv_matmul", True),)),
+                      Setting("graphs+bf16+convmm", True, True, False, (("conv_matmul", True),)))
 
 
 @dataclasses.dataclass
@@ -526,8 +528,8 @@ def run_steps(stage, step: Callable[[int], dict], i: int, n: int) -> tuple[int, 
 def algo_config(algo: str, args, setting: Setting, extra: Optional[dict] = None):
     mod = load_algorithm(algo)
     overrides = {**(QUICK_OVERRIDES[algo] if args.quick else {}), "compile": setting.compile, "bf16": setting.bf16}
-    if setting.inductor:
-        overrides["inductor"] = True
+    if algo in INDUCTOR_ALGOS:  # both ways: a committed config with `inductor: true` must not leak into "graphs"
+        overrides["inductor"] = setting.inductor
     overrides.update(dict(setting.fields))
     return make_config(mod, algo, args.task, args.device, {**overrides, **(extra or {})})
 

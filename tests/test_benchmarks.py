@@ -1,5 +1,6 @@
 """Benchmark tooling: tables/plots from result files (deterministic, --check), W&B sweeps, offline W&B, speed."""
 
+import argparse
 import itertools
 import json
 import struct
@@ -572,6 +573,18 @@ def test_speed_compares_settings_side_by_side(tmp_path, monkeypatch):
     block = "\n".join(tables.speed_lines(data, "speed.json"))
     assert "|  | eager | graphs | target | met |" in block and "graphs / eager: training ×" in block
     assert "skipped" not in block and "(eager)" not in block  # targets judged on graphs
+
+
+def test_a_speed_setting_sets_inductor_both_ways_whatever_the_config_says():
+    """configs/mage/maze2d-large.yaml sets inductor: true; the "graphs" settings must still measure without it."""
+    speed = load_script("speed")
+    args = argparse.Namespace(quick=False, task="maze2d-large", device="cpu")
+    assert speed.make_config(speed.load_algorithm("mage"), "mage", "maze2d-large", "cpu", {}).inductor
+    by_name = {s.name: s for s in speed.SETTINGS + speed.BF16_SETTINGS + speed.CANDIDATE_SETTINGS}
+    for name, inductor in (("graphs", False), ("graphs+bf16+convmm", False), ("graphs+inductor+bf16", True)):
+        c = speed.algo_config("mage", args, by_name[name])
+        assert c.inductor is inductor and c.compile, name
+    assert speed.algo_config("mage", args, by_name["graphs+bf16+convmm"]).conv_matmul
 
 
 def test_k_scales_increase_and_end_at_the_latent_length():

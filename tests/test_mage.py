@@ -40,19 +40,7 @@ def small_model(**overrides):
 
 def fit(model, config, stage, batch, steps):
     opt = mage.make_optimizer(model, stage, config)
-    losses = []
-    for _ in range(steps):
-        model.train()
-        if stage == "autoencoder":
-            loss, _ = mage.autoencoder_loss(model, batch, config)
-        else:
-            model.encoder.eval(), model.vq.eval()
-            loss, _ = mage.transformer_loss(model, batch, config)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
+    return [float(mage.update(model, opt, batch, config, stage)["train/loss"]) for _ in range(steps)]
 
 
 def test_scale_contributions_sum_to_the_quantised_latent_and_refine_it():
