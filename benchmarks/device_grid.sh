@@ -62,8 +62,10 @@ watch() {
     tar czf /tmp/inductor-cache.tar.gz -C "$(dirname "$TORCHINDUCTOR_CACHE_DIR")" "$(basename "$TORCHINDUCTOR_CACHE_DIR")"
     local mb=$(( $(stat -c %s /tmp/inductor-cache.tar.gz) / 1048576 ))
     if [ "$mb" -lt 15 ]; then cp /tmp/inductor-cache.tar.gz "$OUT/"
-    else split -b 15M /tmp/inductor-cache.tar.gz "$OUT/inductor-cache.tar.gz.part"; fi
-    echo "inductor cache: $mb MB packed into $(cd "$OUT" && ls inductor-cache.tar.gz* | tr '\n' ' ')"
+    elif [ "$mb" -lt 45 ]; then split -b 15M /tmp/inductor-cache.tar.gz "$OUT/inductor-cache.tar.gz.part"
+    else echo "inductor cache: $mb MB, too large to bring back beside the results (64 MiB in all): left out"; fi
+    ls "$OUT"/inductor-cache.tar.gz* > /dev/null 2>&1 \
+      && echo "inductor cache: $mb MB packed into $(cd "$OUT" && ls inductor-cache.tar.gz* | tr '\n' ' ')"
   fi
 }
 

@@ -4,8 +4,11 @@
 #   bash benchmarks/device_sac.sh watch [SECONDS]   watch, then pack the selected policies and the logs into $OUT
 # ENVS (default all three) picks the envs; each trains `configs/locomotion_sac.yaml` with NUM_ENVS (default 5, so three
 # runs share 16 cores) env workers and --max_train_s MAX_TRAIN_S (default 480: training stops there and the run still
-# selects and writes its policies; policies.json then says stopped_early). Estimated ~8 min of training each (the ant
-# controller's 1M env steps took 486 s alone on one H200; never measured for these envs). Each run writes into a copy
+# selects and writes its policies; policies.json then says stopped_early). SAC_ARGS adds config flags to every run,
+# e.g. SAC_ARGS="--utd 1 --batch_size 256" for D4RL's rlkit ratio (1 update of 256 per env step; the config's 0.25 of
+# 1024 left walker2d at 973 after 838k env steps, benchmarks/budget/h200-2026-12-02c; its cost in env steps/s is
+# not measured). Measured with the config (budget/h200-2026-12-02c): ~2,400 env steps/s per run with three sharing one
+# H200 and its 16 cores, 800k-838k env steps in 360 s. Each run writes into a copy
 # of the tree under /tmp/tree; $OUT/locomotion.tar.gz holds its shared/data/locomotion/<env>/ folders (commit them
 # after checking policies.json), $OUT/sac-logs.tar.gz the logs and GPU samples. The host needs this repo's requirements
 # besides torch (carry the wheels: docs/benchmarks.md). Detached runs die when the host is given back: keep calling
@@ -38,7 +41,7 @@ if [ "$CMD" = start ]; then
   for e in $ENVS; do
     setsid nohup python3 -m shared.data.locomotion train --env "$e" --config configs/locomotion_sac.yaml \
       --device cuda --num_envs "${NUM_ENVS:-5}" --max_train_s "${MAX_TRAIN_S:-480}" --out_dir /tmp/runs/locomotion \
-      > "/tmp/sac-$e.log" 2>&1 < /dev/null &
+      ${SAC_ARGS:-} > "/tmp/sac-$e.log" 2>&1 < /dev/null &
     echo "started SAC $e"
   done
   sleep 5

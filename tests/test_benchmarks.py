@@ -728,3 +728,32 @@ def test_run_py_trains_a_planners_maze2d_and_multi2d_runs_once_when_their_config
     assert "mage/maze2d-umaze.yaml" in umaze
     assert f"--also_evaluate multi2d-umaze={tmp_path / 'results' / 'mage' / 'multi2d-umaze' / 'seed0.json'}" in umaze
     assert len([c for c in dry("--separate-twins").splitlines() if "algorithms/" in c]) == 8
+
+
+def test_slim_wheels_drops_only_the_unused_assets_and_their_record_lines(tmp_path, capsys):
+    import zipfile
+
+    slim = load_script("slim_wheels")
+    wheel = tmp_path / "gymnasium_robotics-9.9-py3-none-any.whl"
+    files = {"gymnasium_robotics/__init__.py": b"x = 1\n",
+             "gymnasium_robotics/envs/assets/point/point.xml": b"<mujoco/>",
+             "gymnasium_robotics/envs/assets/adroit_hand/mesh.stl": b"\0" * 5000,
+             "gymnasium_robotics/envs/assets/kitchen_franka/scene.xml": b"<mujoco/>" * 500}
+    record = "".join(f"{n},sha256=x,{len(b)}\n" for n, b in files.items())
+    record += "gymnasium_robotics-9.9.dist-info/RECORD,,\n"
+    with zipfile.ZipFile(wheel, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+        z.writestr("gymnasium_robotics-9.9.dist-info/RECORD", record)
+    assert slim.main([str(tmp_path)]) == 0
+    with zipfile.ZipFile(wheel) as z:
+        names = set(z.namelist())
+        kept = {n: z.read(n) for n in names}
+    assert names == {"gymnasium_robotics/__init__.py", "gymnasium_robotics/envs/assets/point/point.xml",
+                     "gymnasium_robotics-9.9.dist-info/RECORD"}
+    assert kept["gymnasium_robotics/__init__.py"] == files["gymnasium_robotics/__init__.py"]
+    lines = kept["gymnasium_robotics-9.9.dist-info/RECORD"].decode().splitlines()
+    assert len(lines) == 3 and not any("adroit_hand" in ln or "kitchen_franka" in ln for ln in lines)
+    size = wheel.stat().st_size
+    assert slim.main([str(tmp_path)]) == 0 and wheel.stat().st_size == size  # again: nothing changes
+    assert slim.main([str(tmp_path / "empty")]) == 2 and "no gymnasium_robotics wheel" in capsys.readouterr().err
