@@ -327,9 +327,9 @@ class MultiScaleVQ(nn.Module):
 
     @torch.no_grad()
     def init_codebook(self, f: torch.Tensor) -> None:
-        """Before the first training step: the codes start on random encoder features of ``f`` [B, dim, L], so none
-        is dead from the first step, unless a checkpoint already initialised them. Called eagerly by ``update``:
-        inside the compiled loss its bool() would split the graph and recompile it once the flag flips."""
+        """(choice) Before the first training step: the codes start on random encoder features of ``f`` [B, dim, L],
+        so none is dead from the first step, unless a checkpoint already initialised them. Called eagerly by
+        ``update``: inside the compiled loss its bool() would split the graph and recompile it once the flag flips."""
         if not bool(self.initialised):
             self._init_from(f)
         self.ready = True
