@@ -25,8 +25,8 @@
 # Compile cache: inductor compiles each MAGE / Diffuser stage loss once per process (~100 s a stage on this host, the
 # GPU idle meanwhile when every run starts a stage together); a process that finds the graphs in the on-disk cache
 # loads them instead (measured on CPU: 38 s instead of 280 s for MAGE's three stages, across seeds and maze sizes). The
-# cache lives in $TORCHINDUCTOR_CACHE_DIR (/tmp/inductor-cache); `watch` packs it into $OUT/inductor-cache.tar.gz
-# (split into 15 MB parts .partaa, .partab, ... when larger), and `start` unpacks the one (or the parts) found in
+# cache lives in $TORCHINDUCTOR_CACHE_DIR (/tmp/inductor-cache); `watch` packs it into $OUT/inductor-cache.tar.xz
+# (xz; split into 15 MB parts .partaa, .partab, ... when larger), and `start` unpacks the one (or the parts) found in
 # $INDUCTOR_CACHE (default .inductor/, git-ignored): after a call, `mkdir -p .inductor && cp <files_at>/inductor-cache*
 # .inductor/` here, and carry [".whl", ".inductor"] in the next call. A cache from other code is harmless: its graphs
 # miss and compile as usual. WARMUP_MAGE="maze2d-large" (a task per distinct MAGE config) first runs 3 steps a stage of
@@ -41,6 +41,31 @@ export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/inductor-cache}
 INDUCTOR_CACHE=${INDUCTOR_CACHE:-.inductor}  # the carried folder of a packed cache (git-ignored)
 MAZES="maze2d-umaze maze2d-medium maze2d-large"
 TASKS="$MAZES multi2d-umaze multi2d-medium multi2d-large"
+
+# The compile cache into $OUT: xz (the cache is mostly text: generated code and Triton IR; gzip left 58 MB of it),
+# split into 15 MB parts; what it holds (MB per kind of file) goes to the log, and over 45 MB (the room left beside
+# the results in $OUT) Triton's intermediate IR (.ttir .ttgir .llir .ptx) is dropped: a kernel loads from its cubin
+# and json, and a part of the cache that misses only compiles again.
+pack_cache() {
+  local dir=$(dirname "$TORCHINDUCTOR_CACHE_DIR") base=$(basename "$TORCHINDUCTOR_CACHE_DIR") tarball mb
+  echo "inductor cache: $(du -sm "$TORCHINDUCTOR_CACHE_DIR" | cut -f1) MB on disk; MB by kind:" \
+    "$(find "$TORCHINDUCTOR_CACHE_DIR" -type f -printf '%s %f\n' | awk '{n=split($2,a,"."); e=(n>1)?a[n]:"(none)";
+       s[e]+=$1} END {for (e in s) if (s[e] > 5e5) printf "%s %.1f, ", e, s[e]/1048576}')"
+  tarball=/tmp/inductor-cache.tar.xz
+  tar cf - -C "$dir" "$base" | xz -T0 -6 > "$tarball" || return
+  mb=$(( $(stat -c %s "$tarball") / 1048576 ))
+  if [ "$mb" -ge 45 ]; then
+    echo "inductor cache: $mb MB packed, over 45 MB: leaving Triton's intermediate IR out"
+    tar cf - -C "$dir" --exclude='*.ttir' --exclude='*.ttgir' --exclude='*.llir' --exclude='*.ptx' "$base" \
+      | xz -T0 -6 > "$tarball" || return
+    mb=$(( $(stat -c %s "$tarball") / 1048576 ))
+  fi
+  if [ "$mb" -lt 15 ]; then cp "$tarball" "$OUT/"
+  elif [ "$mb" -lt 45 ]; then split -b 15M "$tarball" "$OUT/inductor-cache.tar.xz.part"
+  else echo "inductor cache: $mb MB, too large to bring back beside the results (64 MiB in all): left out"; fi
+  ls "$OUT"/inductor-cache.tar.xz* > /dev/null 2>&1 \
+    && echo "inductor cache: $mb MB packed into $(cd "$OUT" && ls inductor-cache.tar.xz* | tr '\n' ' ')"
+}
 
 watch() {
   local end=$(( $(date +%s) + ${1:-540} ))
@@ -59,13 +84,7 @@ watch() {
   tar czf "$OUT/logs.tar.gz" -C /tmp runs/logs $(cd /tmp && ls grid-*.log gpu-usage.csv) 2>/dev/null
   (cd /tmp/runs && find . -name metrics.jsonl | tar czf "$OUT/metrics.tar.gz" -T -)
   if [ -d "$TORCHINDUCTOR_CACHE_DIR" ]; then  # the compile cache, for the next call or lease (parts <= 15 MB)
-    tar czf /tmp/inductor-cache.tar.gz -C "$(dirname "$TORCHINDUCTOR_CACHE_DIR")" "$(basename "$TORCHINDUCTOR_CACHE_DIR")"
-    local mb=$(( $(stat -c %s /tmp/inductor-cache.tar.gz) / 1048576 ))
-    if [ "$mb" -lt 15 ]; then cp /tmp/inductor-cache.tar.gz "$OUT/"
-    elif [ "$mb" -lt 45 ]; then split -b 15M /tmp/inductor-cache.tar.gz "$OUT/inductor-cache.tar.gz.part"
-    else echo "inductor cache: $mb MB, too large to bring back beside the results (64 MiB in all): left out"; fi
-    ls "$OUT"/inductor-cache.tar.gz* > /dev/null 2>&1 \
-      && echo "inductor cache: $mb MB packed into $(cd "$OUT" && ls inductor-cache.tar.gz* | tr '\n' ' ')"
+    pack_cache
   fi
 }
 
@@ -75,24 +94,29 @@ if [ "$CMD" = start ]; then
   # the runs start from a copy of the tree: the device tool re-syncs the checkout before each call
   rm -rf /tmp/tree && mkdir -p /tmp/tree && tar cf - --exclude=./.whl . | tar xf - -C /tmp/tree \
     && cd /tmp/tree || exit 1
-  c="$INDUCTOR_CACHE/inductor-cache.tar.gz"
+  c="$INDUCTOR_CACHE/inductor-cache.tar.xz"
   parts=$(ls "$c" 2>/dev/null || ls "$c".part* 2>/dev/null)
   if [ -n "$parts" ]; then  # a carried compile cache (see the header)
     mkdir -p "$(dirname "$TORCHINDUCTOR_CACHE_DIR")"
-    cat $parts | tar xzf - -C "$(dirname "$TORCHINDUCTOR_CACHE_DIR")" \
+    cat $parts | xz -d | tar xf - -C "$(dirname "$TORCHINDUCTOR_CACHE_DIR")" \
       && echo "inductor cache unpacked: $(find "$TORCHINDUCTOR_CACHE_DIR" -type f | wc -l) files" \
       || echo "inductor cache $INDUCTOR_CACHE unreadable: compiling from scratch"
   fi
-  pids=""  # wait for these only: a bare `wait` would also wait for any detached child started before it
+  declare -A gen  # dataset -> its generator's pid (wait for these only: a bare `wait` would also wait for any
+  # detached child started before it)
   # only the datasets the selected tasks train on (multi2d-X trains on maze2d-X's data)
   NEED=$(for t in ${GRID_TASKS:-$TASKS} $([ -n "${ABLATIONS-x}" ] && echo "${ABL_TASKS:-maze2d-large}"); do
     echo "maze2d-${t#*-}"; done | sort -u)
   W=$(( $(nproc) / $(echo $NEED | wc -w) )); [ "$W" -gt 0 ] || W=1  # the host's cores shared by the datasets
-  for t in $NEED; do python3 -m shared.datasets generate "$t" --workers $W > "/tmp/gen-$t.log" 2>&1 & pids="$pids $!"; done
-  for p in $pids; do wait "$p" || { tail -n 3 /tmp/gen-*.log; echo "dataset generation failed"; exit 1; }; done
-  echo "datasets generated in $(( $(date +%s) - T0 )) s"
-  for f in "$MAGE_DATA_DIR"/*.hdf5; do python3 -m shared.datasets verify "$f" 2>&1 | tail -1; done
-  for t in ${WARMUP_MAGE:-}; do  # fill the compile cache first: 3 steps a stage compile the same graphs as 20,000
+  for t in $NEED ${WARMUP_MAGE:-}; do
+    d="maze2d-${t#*-}"; [ -n "${gen[$d]:-}" ] && continue
+    python3 -m shared.datasets generate "$d" --workers $W > "/tmp/gen-$d.log" 2>&1 & gen[$d]=$!
+  done
+  wait_data() { wait "${gen[$1]}" || { tail -n 3 "/tmp/gen-$1.log"; echo "dataset generation ($1) failed"; exit 1; }
+    echo "dataset $1 ready at +$(( $(date +%s) - T0 )) s"; }
+  for t in ${WARMUP_MAGE:-}; do  # fill the compile cache first: 3 steps a stage compile the same graphs as 20,000;
+    # it runs as soon as its own dataset is there, while the others are still generated
+    d="maze2d-${t#*-}"; [ -n "${gen[$d]:-}" ] && { wait_data "$d"; unset "gen[$d]"; }
     T1=$(date +%s)
     python3 algorithms/mage.py --config "configs/mage/$t.yaml" --ae_steps 3 --tf_steps 3 --e2e_steps 3 \
       --warmup_steps 1 --eval_every 0 --eval_episodes 1 --num_eval_envs 1 --out_dir /tmp/warmup \
@@ -100,6 +124,8 @@ if [ "$CMD" = start ]; then
       && echo "compile cache warmed on mage $t in $(( $(date +%s) - T1 )) s" \
       || { tail -n 3 "/tmp/warmup-$t.log"; echo "warm-up run failed"; exit 1; }
   done
+  for d in "${!gen[@]}"; do wait_data "$d"; done
+  for f in "$MAGE_DATA_DIR"/*.hdf5; do python3 -m shared.datasets verify "$f" 2>&1 | tail -1; done
   # the committed results are skipped (run.py skips a run whose file exists): only missing runs start
   mkdir -p /tmp/results && [ "${FRESH:-0}" = 1 ] || cp -rn benchmarks/results/. /tmp/results/
   mkdir -p /tmp/mps /tmp/mps-log
