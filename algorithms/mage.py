@@ -102,7 +102,7 @@ class TrainConfig:
     compile: bool = True  # CUDA: every training step and every plan runs as a captured CUDA graph (CPU: eager)
     inductor: bool = False  # CUDA + compile: also fuse each stage's loss with torch.compile (shared.training.fused;
     # fewer kernels per step, compiled once per stage)
-    conv_matmul: bool = False  # 1-D convolutions as matmuls over shifted inputs (TimeConv; measured by speed.py)
+    conv_matmul: bool = False  # 1-D convolutions as matmuls over shifted inputs (TimeConv; measured slower on an H200)
     log_every: int = 200  # steps between logged training metrics
     checkpoint_every: int = 5000  # steps between checkpoints (and at the end of every stage)
     # --- evaluation
@@ -184,7 +184,8 @@ class TimeConv(nn.Conv1d):
     """nn.Conv1d over time ([B, C, L]) that can also run as one matmul over its k shifted copies of the input in
     time-major layout (``as_matmul``, set from ``conv_matmul``; same parameters, same result). Why: on an H200
     cuDNN's bf16 convolutions are NHWC kernels, and transposing MAGE's [B, C, L] activations in and out of them took
-    more GPU time than the convolutions (kernel profile in benchmarks/budget/h200-2026-12-01c)."""
+    more GPU time than the convolutions (kernel profile in benchmarks/budget/h200-2026-12-01c). Measured, it is slower
+    (stage 1 at 44 instead of 71 steps/s: k shifted copies move more bytes: budget/h200-2026-12-03a); off."""
 
     as_matmul = False
 
