@@ -2,6 +2,8 @@
 # The benchmark grid on one multi-GPU host, in the device tool's 10-minute calls (works on any CUDA host).
 #   bash benchmarks/device_grid.sh start GPUS [SECONDS]   datasets, MPS, start both grids detached, watch SECONDS
 #   bash benchmarks/device_grid.sh watch [SECONDS]        watch, then pack results, logs and metrics into $OUT
+#   bash benchmarks/device_grid.sh stop                   stop the grids and their runs, and the MPS daemon (the GPU
+#                                                         free for a measurement; results written so far stay)
 # What runs: MAIN_ALGOS (default: every algorithm) on GRID_TASKS (default: all six maze tasks) x GRID_SEEDS
 # (default 0 1 2) at MAIN_PER_GPU runs per GPU, and the maze2d-large ablations ABLATIONS at ABL_PER_GPU (e.g.
 # MAIN_ALGOS=mage to spend a host on MAGE alone; ABLATIONS= for none) on ABL_TASKS (default maze2d-large) x ABL_SEEDS
@@ -87,6 +89,12 @@ watch() {
     pack_cache
   fi
 }
+
+if [ "$CMD" = stop ]; then  # bracketed patterns: a plain one would also match the shell running this command
+  pkill -f "[b]enchmarks/run\.py"; pkill -f "[a]lgorithms/[a-z]*\.py"; sleep 3
+  echo quit | nvidia-cuda-mps-control 2> /dev/null; echo "grids stopped"
+  exit 0
+fi
 
 if [ "$CMD" = start ]; then
   GPUS=${2:-0}
