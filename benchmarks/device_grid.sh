@@ -43,6 +43,8 @@ export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/inductor-cache}
 INDUCTOR_CACHE=${INDUCTOR_CACHE:-.inductor}  # the carried folder of a packed cache (git-ignored)
 MAZES="maze2d-umaze maze2d-medium maze2d-large"
 TASKS="$MAZES multi2d-umaze multi2d-medium multi2d-large"
+# the grids' processes; bracketed so that it never matches a shell whose command line names it (the device tool's)
+GRID_PROC="[b]enchmarks/run\.py"
 
 # The compile cache into $OUT: xz (the cache is mostly text: generated code and Triton IR; gzip left 58 MB of it),
 # split into 15 MB parts; what it holds (MB per kind of file) goes to the log, and over 45 MB (the room left beside
@@ -71,7 +73,7 @@ pack_cache() {
 
 watch() {
   local end=$(( $(date +%s) + ${1:-540} ))
-  while [ "$(date +%s)" -lt $end ] && pgrep -f benchmarks/run.py > /dev/null; do sleep 10; done
+  while [ "$(date +%s)" -lt $end ] && pgrep -f "$GRID_PROC" > /dev/null; do sleep 10; done
   cat /tmp/grid-*.log > /tmp/grid-all.log 2>/dev/null
   echo "started $(grep -c '^start' /tmp/grid-all.log), done $(grep -c '^done' /tmp/grid-all.log)"
   grep "FAILED\|finished" /tmp/grid-all.log
@@ -90,8 +92,8 @@ watch() {
   fi
 }
 
-if [ "$CMD" = stop ]; then  # bracketed patterns: a plain one would also match the shell running this command
-  pkill -f "[b]enchmarks/run\.py"; pkill -f "[a]lgorithms/[a-z]*\.py"; sleep 3
+if [ "$CMD" = stop ]; then  # bracketed patterns (GRID_PROC): a plain one would also match the calling shell
+  pkill -f "$GRID_PROC"; pkill -f "[a]lgorithms/[a-z]*\.py"; sleep 3
   echo quit | nvidia-cuda-mps-control 2> /dev/null; echo "grids stopped"
   exit 0
 fi
