@@ -34,6 +34,11 @@
 # miss and compile as usual. WARMUP_MAGE="maze2d-large" (a task per distinct MAGE config) first runs 3 steps a stage of
 # that config alone, so that every run of the grid finds its graphs compiled (real runs hit each other's cache across
 # seeds, step counts and maze sizes: measured on CPU).
+# KEEP_RUNS="mage/mage/multi2d-large/seed2 ..." (run folders under /tmp/runs) makes `watch` also bring back each one's
+# newest checkpoint as $OUT/keep-<task>-<seed>.pt: its config, normalisation and weights in fp16 (a 7.7M-parameter
+# MAGE is 31 MB in fp32, over the 16 MiB a returned file may have; 15.5 MB in fp16), loadable by
+# benchmarks/mage_diagnose.py RUN --checkpoint FILE (the weights are cast back on loading). At most 8 files come back,
+# 64 MiB in all: with a checkpoint, PACK_CACHE=0 leaves the compile cache out.
 set -u
 CMD=${1:-watch}
 export WANDB_MODE=${WANDB_MODE:-disabled} MAGE_DATA_DIR=${MAGE_DATA_DIR:-/tmp/data} PYTHONUNBUFFERED=1
@@ -87,7 +92,19 @@ watch() {
   tar czf "$OUT/results.tar.gz" -C /tmp results 2>/dev/null
   tar czf "$OUT/logs.tar.gz" -C /tmp runs/logs $(cd /tmp && ls grid-*.log gpu-usage.csv) 2>/dev/null
   (cd /tmp/runs && find . -name metrics.jsonl | tar czf "$OUT/metrics.tar.gz" -T -)
-  if [ -d "$TORCHINDUCTOR_CACHE_DIR" ]; then  # the compile cache, for the next call or lease (parts <= 15 MB)
+  for r in ${KEEP_RUNS:-}; do  # a run's final weights, small enough to come back (see the header)
+    python3 - "/tmp/runs/$r" "$OUT/keep-$(basename "$(dirname "$r")")-$(basename "$r").pt" <<'PY' || echo "KEEP_RUNS $r: not kept"
+import sys
+from pathlib import Path
+import torch
+ckpt = sorted(Path(sys.argv[1]).glob("checkpoint_*.pt"))[-1]
+state = torch.load(ckpt, map_location="cpu", weights_only=False)
+half = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].items()}
+torch.save({**{k: state[k] for k in ("config", "obs_norm", "step", "stage") if k in state}, "model": half}, sys.argv[2])
+print(f"kept {ckpt} (fp16 weights) as {sys.argv[2]}")
+PY
+  done
+  if [ -d "$TORCHINDUCTOR_CACHE_DIR" ] && [ "${PACK_CACHE:-1}" = 1 ]; then  # the compile cache, for the next call or lease (parts <= 15 MB)
     pack_cache
   fi
 }
