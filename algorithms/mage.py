@@ -31,7 +31,7 @@ from shared.evaluation import evaluate, require_evaluation  # noqa: E402
 from shared.logger import Logger, finish_run, prepare_run_dir  # noqa: E402
 from shared.tasks import Task, get_task, goal_radius  # noqa: E402
 from shared.training import (  # noqa: E402
-    EMA, Stage, captured, expectile_loss, fused, load_optimizer, make_step, resume_point, train_loop, use_graphs,
+    Stage, captured, expectile_loss, fused, load_optimizer, make_step, resume_point, train_loop, use_graphs,
 )
 from shared.training import make_optimizer as make_adam  # noqa: E402
 from shared.utils import (  # noqa: E402
@@ -81,7 +81,6 @@ class TrainConfig:
     decoder_condition: bool = True  # condition the decoder on (R_t, s_t [, g]) (False: the paper's ablation)
     adapter_dim: int = 64  # bottleneck width of the decoder adapters (trained in the end-to-end stage)
     gumbel_tau: float = 1.0  # Gumbel-Softmax temperature in end-to-end fine-tuning
-    inverse_stage2: bool = True  # the head also learns L_inv in stage 2, on the latent of the predicted tokens
     w_inv: float = 1.0  # weight of L_inv (action from the latent)
     w_cond: float = 1.0  # weight of L_cond (first decoded step matches the condition)
     w_ce: float = 1.0  # weight of the token cross-entropy kept during end-to-end fine-tuning
@@ -95,14 +94,10 @@ class TrainConfig:
     weight_decay: float = 1e-4  # AdamW weight decay
     grad_clip: float = 1.0  # gradient norm clip
     warmup_steps: int = 500  # linear warm-up at the start of each stage
-    ema_decay: float = 0.0  # > 0: act with an exponential moving average of the weights, averaged from the start of
-    # stage 2 on (0: act with the trained weights)
-    ema_every: int = 10  # steps between EMA updates
     bf16: bool = True  # bf16 autocast on CUDA (ignored on CPU)
     compile: bool = True  # CUDA: every training step and every plan runs as a captured CUDA graph (CPU: eager)
     inductor: bool = False  # CUDA + compile: also fuse each stage's loss with torch.compile (shared.training.fused;
     # fewer kernels per step, compiled once per stage)
-    conv_matmul: bool = False  # 1-D convolutions as matmuls over shifted inputs (TimeConv; measured slower on an H200)
     log_every: int = 200  # steps between logged training metrics
     checkpoint_every: int = 5000  # steps between checkpoints (and at the end of every stage)
     # --- evaluation
@@ -180,26 +175,6 @@ def load_data(config: TrainConfig, device: torch.device) -> TrajectoryData:
 
 
 # ============================================================================ (1) multi-scale trajectory autoencoder
-class TimeConv(nn.Conv1d):
-    """nn.Conv1d over time ([B, C, L]) that can also run as one matmul over its k shifted copies of the input in
-    time-major layout (``as_matmul``, set from ``conv_matmul``; same parameters, same result). Why: on an H200
-    cuDNN's bf16 convolutions are NHWC kernels, and transposing MAGE's [B, C, L] activations in and out of them took
-    more GPU time than the convolutions (kernel profile in benchmarks/budget/h200-2026-12-01c). Measured, it is slower
-    (stage 1 at 44 instead of 71 steps/s: k shifted copies move more bytes: budget/h200-2026-12-03a); off."""
-
-    as_matmul = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.as_matmul:
-            return super().forward(x)
-        (k,), (stride,), (pad,) = self.kernel_size, self.stride, self.padding
-        xt = F.pad(x, (pad, pad)).transpose(1, 2)  # [B, L + 2 pad, C]
-        n = (xt.shape[1] - k) // stride + 1
-        taps = torch.cat([xt[:, i:i + stride * (n - 1) + 1:stride] for i in range(k)], 2)  # [B, n, k C]
-        weight = self.weight.transpose(1, 2).reshape(self.out_channels, -1)  # [O, k C]: tap-major, as taps
-        return F.linear(taps, weight, self.bias).transpose(1, 2)
-
-
 class ResBlock1d(nn.Module):
     """Conv residual block; ``film`` injects the condition, ``adapter`` is the zero-initialised condition-guided
     refinement (trained only in the end-to-end stage, so the base decoder stays frozen there)."""
@@ -207,13 +182,13 @@ class ResBlock1d(nn.Module):
     def __init__(self, channels: int, cond_dim: int = 0, adapter_dim: int = 0) -> None:
         super().__init__()
         self.norm1, self.norm2 = nn.GroupNorm(8, channels), nn.GroupNorm(8, channels)
-        self.conv1 = TimeConv(channels, channels, 3, padding=1)
-        self.conv2 = TimeConv(channels, channels, 3, padding=1)
+        self.conv1 = nn.Conv1d(channels, channels, 3, padding=1)
+        self.conv2 = nn.Conv1d(channels, channels, 3, padding=1)
         self.film = nn.Linear(cond_dim, 2 * channels) if cond_dim else None
         self.adapter = None
         if adapter_dim:
-            self.adapter = nn.Sequential(TimeConv(channels + cond_dim, adapter_dim, 1), nn.SiLU(),
-                                         TimeConv(adapter_dim, channels, 1))
+            self.adapter = nn.Sequential(nn.Conv1d(channels + cond_dim, adapter_dim, 1), nn.SiLU(),
+                                         nn.Conv1d(adapter_dim, channels, 1))
             nn.init.zeros_(self.adapter[-1].weight)
             nn.init.zeros_(self.adapter[-1].bias)
 
@@ -233,12 +208,12 @@ class TrajectoryEncoder(nn.Module):
 
     def __init__(self, in_dim: int, channels: int, code_dim: int, patch: int, blocks: int) -> None:
         super().__init__()
-        layers: list[nn.Module] = [TimeConv(in_dim, channels, 3, padding=1)]
+        layers: list[nn.Module] = [nn.Conv1d(in_dim, channels, 3, padding=1)]
         for _ in range(int(math.log2(patch))):
             layers += [ResBlock1d(channels) for _ in range(blocks)]
-            layers.append(TimeConv(channels, channels, 4, stride=2, padding=1))
+            layers.append(nn.Conv1d(channels, channels, 4, stride=2, padding=1))
         layers += [ResBlock1d(channels) for _ in range(blocks)]
-        layers += [nn.GroupNorm(8, channels), nn.SiLU(), TimeConv(channels, code_dim, 1)]
+        layers += [nn.GroupNorm(8, channels), nn.SiLU(), nn.Conv1d(channels, code_dim, 1)]
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -266,7 +241,7 @@ class MultiScaleVQ(nn.Module):
         self.scales, self.L, self.dim, self.beta, self.phi_ratio = list(scales), scales[-1], dim, beta, phi_ratio
         self.codebook = nn.Embedding(vocab, dim)
         nn.init.uniform_(self.codebook.weight, -1.0 / vocab, 1.0 / vocab)
-        self.phi = nn.ModuleList(TimeConv(dim, dim, 3, padding=1) for _ in scales)
+        self.phi = nn.ModuleList(nn.Conv1d(dim, dim, 3, padding=1) for _ in scales)
         for k, length in enumerate(scales):  # not in the state dict: rebuilt from the scales
             self.register_buffer(f"down{k}", resample_matrix(self.L, length, "area"), persistent=False)
             self.register_buffer(f"up{k}", resample_matrix(length, self.L, "linear"), persistent=False)
@@ -365,12 +340,12 @@ class ConditionGuidedDecoder(nn.Module):
                  adapter_dim: int) -> None:
         super().__init__()
         self.cond_embed = nn.Sequential(nn.Linear(cond_dim, channels), nn.SiLU(), nn.Linear(channels, channels))
-        self.inp = TimeConv(code_dim, channels, 3, padding=1)
+        self.inp = nn.Conv1d(code_dim, channels, 3, padding=1)
         self.stages = nn.ModuleList()
         for _ in range(int(math.log2(patch)) + 1):
             self.stages.append(nn.ModuleList(ResBlock1d(channels, channels, adapter_dim) for _ in range(blocks)))
-        self.up = nn.ModuleList(TimeConv(channels, channels, 3, padding=1) for _ in range(int(math.log2(patch))))
-        self.out = nn.Sequential(nn.GroupNorm(8, channels), nn.SiLU(), TimeConv(channels, out_dim, 3, padding=1))
+        self.up = nn.ModuleList(nn.Conv1d(channels, channels, 3, padding=1) for _ in range(int(math.log2(patch))))
+        self.out = nn.Sequential(nn.GroupNorm(8, channels), nn.SiLU(), nn.Conv1d(channels, out_dim, 3, padding=1))
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         c = self.cond_embed(cond)
@@ -557,9 +532,6 @@ class MAGE(nn.Module):
         self.transformer = MultiScaleTransformer(config.scales, config.codebook_size, config.code_dim, cond_dim,
                                                  config.d_model, config.n_layers, config.n_heads, config.dropout)
         self.return_target = ReturnTarget(cond_dim - 1) if config.return_target_expectile > 0 else None
-        for m in self.modules():
-            if isinstance(m, TimeConv):
-                m.as_matmul = config.conv_matmul
 
     def decode(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return self.decoder(z, cond if self.decoder_condition else torch.zeros_like(cond))
@@ -632,16 +604,13 @@ def transformer_loss(model: MAGE, batch: dict, config: TrainConfig):
     for k in range(len(b) - 1):
         stats[f"tf/ce_scale{k + 1}"] = per_token[:, b[k]:b[k + 1]].detach().mean()
         stats[f"tf/token_acc_scale{k + 1}"] = hits[:, b[k]:b[k + 1]].mean()
-    loss = ce
-    if config.inverse_stage2:
-        # (choice) the head needs many more updates than stage 1 gives it (the action of a maze state is a sharp
-        # function), and on plan-like latents: predicted tokens carry the plan but not the logged action noise
-        with torch.no_grad():
-            f_pred = model.vq.embed_sequence(pred)
-        inv = masked_mse(model.inverse(f_pred, cond), batch["actions"][:, 0], batch["mask"][:, 0])
-        loss = loss + config.w_inv * inv
-        stats["tf/inv"] = inv.detach()
-    return loss, stats
+    # (choice) the head needs many more updates than stage 1 gives it (the action of a maze state is a sharp
+    # function), and on plan-like latents: predicted tokens carry the plan but not the logged action noise
+    with torch.no_grad():
+        f_pred = model.vq.embed_sequence(pred)
+    inv = masked_mse(model.inverse(f_pred, cond), batch["actions"][:, 0], batch["mask"][:, 0])
+    stats["tf/inv"] = inv.detach()
+    return ce + config.w_inv * inv, stats
 
 
 def end_to_end_loss(model: MAGE, batch: dict, config: TrainConfig):
@@ -683,9 +652,7 @@ def make_optimizer(model: MAGE, stage: str, config: TrainConfig, captured: bool 
                   *(model.return_target.parameters() if model.return_target is not None else []),
                   *(p for n, p in model.decoder.named_parameters() if ".adapter." not in n)]
     elif stage == "transformer":
-        params = list(model.transformer.parameters())
-        if config.inverse_stage2:
-            params += model.inverse.parameters()
+        params = [*model.transformer.parameters(), *model.inverse.parameters()]
     else:
         params = [*model.transformer.parameters(), *model.inverse.parameters()]
         if config.decoder_condition:
@@ -734,11 +701,9 @@ def stage_bounds(stage: str, config: TrainConfig) -> tuple[int, int]:
 
 
 def training_stages(config: TrainConfig, data: TrajectoryData, model: MAGE, device: torch.device,
-                    saved: Optional[dict] = None, ema: Optional[EMA] = None) -> tuple[list[Stage], Callable[[], dict]]:
+                    saved: Optional[dict] = None) -> tuple[list[Stage], Callable[[], dict]]:
     """The three stages for shared.training.train_loop, and the checkpoint contents. Each stage's optimiser is built
-    when the stage begins (and loaded from ``saved`` when a run resumes inside it). ``ema`` starts as a copy of the
-    weights when stage 2 begins (the autoencoder is final then, so the averaged model quantises as the trained one)
-    and averages stages 2 and 3."""
+    when the stage begins (and loaded from ``saved`` when a run resumes inside it)."""
     graphs = use_graphs(config.compile, device)
     current: dict = {}  # the running stage's optimiser, for checkpoints
 
@@ -749,9 +714,7 @@ def training_stages(config: TrainConfig, data: TrajectoryData, model: MAGE, devi
             opt = make_optimizer(model, name, config, captured=graphs)
             resumed_here = saved is not None and saved.get("stage") == name and saved["step"] < start + length
             if resumed_here:
-                load_optimizer(opt, saved["optimizer"])  # resumed mid-stage (the EMA came with the checkpoint)
-            elif ema is not None and name == "transformer":
-                ema.update(model, copy_only=True)
+                load_optimizer(opt, saved["optimizer"])  # resumed mid-stage
             current["optimizer"] = opt
             base = config.e2e_lr if name == "end_to_end" else config.lr
             return make_step(lambda batch: update(model, opt, batch, config, name),
@@ -759,12 +722,8 @@ def training_stages(config: TrainConfig, data: TrajectoryData, model: MAGE, devi
                              lr=lambda i: base * lr_factor(i - start, length, config.warmup_steps), graph=graphs)
 
         after = diagnostics = None
-        if ema is not None and name != "autoencoder":
-            def after(i: int):  # eager, between (captured) steps
-                if i % config.ema_every == 0:
-                    ema.update(model)
         if name == "autoencoder":
-            def after(i: int):
+            def after(i: int):  # eager, between (captured) steps
                 if config.dead_code_every and i % config.dead_code_every == 0:
                     return {"ae/dead_codes_restarted": model.vq.restart_dead_codes()}
 
@@ -778,26 +737,20 @@ def training_stages(config: TrainConfig, data: TrajectoryData, model: MAGE, devi
 
     def checkpoint() -> dict:
         return {"model": model.state_dict(), "optimizer": current["optimizer"].state_dict(), "rng": rng_state(),
-                "config": vars(config).copy(), "obs_norm": data.obs_norm.state_dict(),
-                **({"ema": ema.model.state_dict()} if ema is not None else {})}
+                "config": vars(config).copy(), "obs_norm": data.obs_norm.state_dict()}
 
     return [stage(n) for n in STAGES], checkpoint
 
 
 def train(config: TrainConfig, data: TrajectoryData, model: MAGE, run_dir: Path, logger: Logger,
-          device: torch.device, evaluate_fn=None, ema: Optional[EMA] = None) -> tuple[int, float]:
+          device: torch.device, evaluate_fn=None) -> tuple[int, float]:
     """Run the three stages from the newest checkpoint (if resuming) to the end; returns (final step, training
     wall time, including the time before a resume)."""
     saved = load_latest_checkpoint(run_dir, map_location=device) if config.resume else None
     if saved is not None:
         model.load_state_dict(saved["model"])
-        if ema is not None:
-            if "ema" not in saved:
-                raise RunError(f"the checkpoint in {run_dir} has no EMA weights (written with ema_decay 0); "
-                               "resume with the same ema_decay")
-            ema.model.load_state_dict(saved["ema"])
     step, elapsed = resume_point(saved, "mage", run_dir)
-    stages, checkpoint = training_stages(config, data, model, device, saved, ema)
+    stages, checkpoint = training_stages(config, data, model, device, saved)
     return train_loop("mage", config, run_dir, logger, stages, step, checkpoint, evaluate_fn,
                       eval_from=config.ae_steps, elapsed=elapsed)
 
@@ -858,15 +811,13 @@ def main(config: TrainConfig) -> dict:
     model = MAGE(config, 1 + data.obs_dim, data.cond_dim, data.act_dim).to(device)
     print(f"[mage] {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {device_name(device)}")
     logger = Logger(config, "mage", run_dir, config.wandb_mode, config.project)
-
-    ema = EMA(model, config.ema_decay) if config.ema_decay > 0 else None
-    policy = MagePolicy(ema.model if ema else model, data, config, device)  # one policy: its CUDA graphs persist
+    policy = MagePolicy(model, data, config, device)  # one policy: its CUDA graphs persist
 
     def run_eval(episodes: int, on: str | Task = task):
         return evaluate(on, policy, episodes, config.eval_seed, num_envs=config.num_eval_envs,
                         progress=sys.stderr.isatty())
 
-    steps, train_wall = train(config, data, model, run_dir, logger, device, run_eval, ema)
+    steps, train_wall = train(config, data, model, run_dir, logger, device, run_eval)
     result = run_eval(config.eval_episodes)
     return finish_run("mage", config, run_dir, logger, data.info, result, steps, train_wall, device_name(device),
                       evaluate_on=lambda other: run_eval(config.eval_episodes, other))

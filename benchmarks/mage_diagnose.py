@@ -165,10 +165,7 @@ def main() -> None:
     if not data.goal_conditioned:
         raise RunError(f"{config.task} is not a goal task: this diagnosis measures goal reaching")
     model = mage.MAGE(config, 1 + data.obs_dim, data.cond_dim, data.act_dim).to(device)
-    # the weights the run acts with: its EMA when it keeps one (--ema_decay > 0; averaged from stage 2 on)
-    use_ema = "ema" in state and state["step"] > config.ae_steps
-    model.load_state_dict(state["ema"] if use_ema else state["model"])
-    print(f"weights: {f'EMA (ema_decay {config.ema_decay})' if use_ema else 'trained'}")
+    model.load_state_dict(state["model"])  # the weights the run acts with
     model.eval()
     print(f"data: mean |action| {data.buffer.fields['actions'].abs().mean():.2f}")
     plan_accuracy(model, data, args.segments, config.seed)

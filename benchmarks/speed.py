@@ -87,7 +87,6 @@ class Setting:
     compile: bool  # config.compile: the CUDA-graph fast path
     bf16: bool  # config.bf16: bf16 autocast
     inductor: bool = False  # config.inductor (MAGE, Diffuser): the loss also fused by torch.compile (others skip)
-    fields: tuple = ()  # other config fields set by the setting, ((name, value), ...); algorithms without them skip
 
 
 INDUCTOR_ALGOS = ("mage", "diffuser")  # the algorithms with config.inductor
@@ -97,10 +96,6 @@ SETTINGS = (Setting("eager", False, False), Setting("graphs", True, False),
 DEFAULT_SETTINGS = "eager,graphs"
 BF16_SETTINGS = (Setting("eager+bf16", False, True), Setting("graphs+bf16", True, True),
                  Setting("graphs+inductor+bf16", True, True, True))
-# candidates measured beside the fused setting when asked for (--settings graphs+inductor+bf16,...+convmm)
-# (graphs+bf16+convmm beside graphs+bf16: the same question without inductor's minutes of compilation)
-CANDIDATE_SETTINGS = (Setting("graphs+inductor+bf16+convmm", True, True, True, (("conv_matmul", True),)),
-                      Setting("graphs+bf16+convmm", True, True, False, (("conv_matmul", True),)))
 
 
 @dataclasses.dataclass
@@ -530,7 +525,6 @@ def algo_config(algo: str, args, setting: Setting, extra: Optional[dict] = None)
     overrides = {**(QUICK_OVERRIDES[algo] if args.quick else {}), "compile": setting.compile, "bf16": setting.bf16}
     if algo in INDUCTOR_ALGOS:  # both ways: a committed config with `inductor: true` must not leak into "graphs"
         overrides["inductor"] = setting.inductor
-    overrides.update(dict(setting.fields))
     return make_config(mod, algo, args.task, args.device, {**overrides, **(extra or {})})
 
 
@@ -539,9 +533,6 @@ def measure(algo: str, setting: Setting, args, device: torch.device, budget: Bud
     skip = skip_reason(setting, device)
     if setting.inductor and algo not in INDUCTOR_ALGOS:
         skip = f"inductor fusion (config.inductor) is an option of {' and '.join(INDUCTOR_ALGOS)} only"
-    missing = [k for k, _ in setting.fields if not hasattr(load_algorithm(algo).TrainConfig, k)]
-    if missing:
-        skip = f"{', '.join(missing)}: not a field of {algo}'s config"
     if skip:
         return {"skipped": skip}
     bench = policy = None
@@ -864,7 +855,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     torch.set_float32_matmul_precision("high")  # as the algorithms' main(): TF32 matmuls
     budget = QUICK if args.quick else Budget()
     chosen = [x.strip() for x in args.settings.split(",") if x.strip()]
-    by_name = {s.name: s for s in SETTINGS + BF16_SETTINGS + CANDIDATE_SETTINGS}
+    by_name = {s.name: s for s in SETTINGS + BF16_SETTINGS}
     if not chosen or set(chosen) - set(by_name):
         p.error(f"--settings: choose from {', '.join(by_name)} (--bf16 adds the bf16 variants of those chosen)")
     settings = [by_name[n] for n in chosen] + ([by_name[f"{n}+bf16"] for n in chosen if f"{n}+bf16" in by_name]

@@ -580,11 +580,10 @@ def test_a_speed_setting_sets_inductor_both_ways_whatever_the_config_says():
     speed = load_script("speed")
     args = argparse.Namespace(quick=False, task="maze2d-large", device="cpu")
     assert speed.make_config(speed.load_algorithm("mage"), "mage", "maze2d-large", "cpu", {}).inductor
-    by_name = {s.name: s for s in speed.SETTINGS + speed.BF16_SETTINGS + speed.CANDIDATE_SETTINGS}
-    for name, inductor in (("graphs", False), ("graphs+bf16+convmm", False), ("graphs+inductor+bf16", True)):
+    by_name = {s.name: s for s in speed.SETTINGS + speed.BF16_SETTINGS}
+    for name, inductor in (("graphs", False), ("graphs+bf16", False), ("graphs+inductor+bf16", True)):
         c = speed.algo_config("mage", args, by_name[name])
-        assert c.inductor is inductor and c.compile, name
-    assert speed.algo_config("mage", args, by_name["graphs+bf16+convmm"]).conv_matmul
+        assert c.inductor is inductor and c.compile and c.bf16 is name.endswith("+bf16"), name
 
 
 def test_k_scales_increase_and_end_at_the_latent_length():

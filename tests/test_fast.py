@@ -198,31 +198,3 @@ def test_captured_plan_gives_the_eager_actions():
         policy.reset(goals)
         actions.append([policy.act(obs, obs[:, 0] * 0) for _ in range(3)])
     assert all(abs(a - b).max() < 1e-4 for a, b in zip(*actions))
-
-
-@pytest.mark.parametrize("k,stride,padding", [(3, 1, 1), (4, 2, 1), (1, 1, 0)])
-def test_time_conv_as_matmul_equals_conv1d(k, stride, padding):
-    """MAGE's three kinds of 1-D convolution, forward and backward."""
-    conv = mage.TimeConv(6, 5, k, stride=stride, padding=padding).double()
-    x = torch.randn(3, 6, 16, dtype=torch.float64, requires_grad=True)
-    outs = []
-    for as_matmul in (False, True):
-        conv.as_matmul = as_matmul
-        y = conv(x)
-        grads = torch.autograd.grad(y.pow(2).sum(), [x, conv.weight, conv.bias])
-        outs.append((y, *grads))
-    for a, b in zip(*outs):
-        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-10)
-
-
-def test_conv_matmul_model_matches_the_conv_model():
-    config = mage.TrainConfig(horizon=16, patch=2, scales=[1, 2, 4, 8], codebook_size=16, code_dim=4, ae_channels=16,
-                              ae_blocks=1, d_model=16, n_layers=1, n_heads=2)
-    torch.manual_seed(0)
-    model = mage.MAGE(config, 5, 6, 2).double()
-    fast = mage.MAGE(dataclasses.replace(config, conv_matmul=True), 5, 6, 2).double()
-    fast.load_state_dict(model.state_dict())  # the same parameter names and shapes
-    x, cond = torch.randn(4, 16, 5, dtype=torch.float64), torch.randn(4, 6, dtype=torch.float64)
-    f, g = model.encoder(x), fast.encoder(x)
-    assert torch.allclose(f, g, atol=1e-10)
-    assert torch.allclose(model.decode(f, cond), fast.decode(g, cond), atol=1e-10)
