@@ -14,6 +14,10 @@ Loads the newest checkpoint of a MAGE run folder (its config, models and normali
   * on training segments: how far the decoded plan (generated, argmax) and the decoded reconstruction (true latent)
     are from the logged future, per step ahead, against holding the current state; and the inverse-dynamics head's
     action error on true vs generated latents.
+  * with --rollouts: the episodes' paths drawn on the maze, and a stall probe at the last state of every episode that
+    never reached its goal: its speed and distance to the goal, the return R the policy asks for there, and how far
+    the plan made there moves (as the policy plans, with R = 1 or 0.5 asked instead, and with sampled tokens), beside
+    the same at those episodes' starts: a plan that stays put where the episode stalled is a fixed point of the loop.
 Numbers for the data (mean |action| of the dataset) are printed beside them.
 """
 
@@ -23,6 +27,7 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -82,9 +87,10 @@ def plan_accuracy(model, data, segments: int, seed: int) -> None:
               f"mean |a| {act.abs().mean():.2f}")
 
 
-def plot_rollouts(task_name: str, policy, episodes: int, seed: int, out: Path) -> None:
+def plot_rollouts(task_name: str, policy, episodes: int, seed: int, out: Path):
     """Evaluate ``policy`` as ``evaluate`` does and draw every episode's (x, y) path on the maze: reached episodes
-    thin and blue, the others red, each of the first of them (up to 11) also on its own panel with start and goal."""
+    thin and blue, the others red, each of the first of them (up to 11) also on its own panel with start and goal.
+    Returns the recorder, which episodes reached their goal, and the goals (for ``stall_probe``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -128,6 +134,57 @@ def plot_rollouts(task_name: str, policy, episodes: int, seed: int, out: Path) -
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     print(f"wrote {out}: {int((~reached).sum())} of {episodes} episodes never reached the goal")
+    return rec, reached, goals
+
+
+@torch.no_grad()
+def plans_at(model, data, config, obs: np.ndarray, goals: np.ndarray, r: Optional[float] = None,
+             temperature: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """At states ``obs`` [N, obs_dim] with goals [N, 2]: the return target R the policy would ask for (its learnt
+    expectile, or ``config.target_return``), and for the plan made with R (or with ``r`` instead) how far its last
+    step lies from the state (world units) and the head's mean |action|."""
+    device = next(model.parameters()).device
+    s = data.obs_norm.normalize(obs.astype(np.float32))
+    rest = torch.as_tensor(np.concatenate([s, data.obs_norm.goal().normalize(goals).astype(np.float32)], 1),
+                           device=device)
+    full = torch.full((len(obs),), config.target_return, device=device)
+    r_star = model.return_target(rest).clamp(0.0, 1.0) if model.return_target is not None else full
+    cond = rest
+    if config.return_condition:
+        cond = torch.cat([(r_star if r is None else torch.full_like(r_star, r))[:, None], rest], 1)
+    f_hat, _ = model.transformer.generate(cond, model.vq, temperature)
+    plan = model.decode(f_hat, cond)[:, -1, 1:3].float().cpu().numpy() * data.obs_norm.std[:2] + data.obs_norm.mean[:2]
+    action = model.inverse(f_hat, cond).clamp(-1.0, 1.0).abs().mean(1)
+    return r_star.cpu().numpy(), np.linalg.norm(plan - obs[:, :2], axis=1), action.cpu().numpy()
+
+
+def stall_probe(model, data, config, rec, reached: np.ndarray, goals: np.ndarray) -> None:
+    """Where the episodes that never reached their goal ended up, and what the model plans there: is the plan to
+    stay (a fixed point of the closed loop), and does asking for another return, or sampling, move it?"""
+    first, last = np.concatenate(rec.first_obs), np.concatenate(rec.last_obs)
+    failed = np.flatnonzero(~reached)
+    if not len(failed):
+        return
+    dist = np.linalg.norm(last[failed, :2] - goals[failed], axis=1)
+    print(f"stall probe: the {len(failed)} episodes that never reached the goal, at their last state (speed "
+          f"{np.median(np.linalg.norm(last[failed, 2:4], axis=1)):.3f} median, {np.median(dist):.2f} from the goal)")
+    r0, _, _ = plans_at(model, data, config, first[reached], goals[reached])
+    print(f"  reached episodes at their start: R asked {np.median(r0):.3f} (median)")
+    rows = [("as the policy plans", {}), ("R = 1", dict(r=1.0)), ("R = 0.5", dict(r=0.5)),
+            ("sampled, temperature 1", dict(temperature=1.0))]
+    for name, kw in rows:
+        if "r" in kw and not config.return_condition:
+            continue
+        r_star, disp, act = plans_at(model, data, config, last[failed], goals[failed], **kw)
+        _, disp0, act0 = plans_at(model, data, config, first[failed], goals[failed], **kw)
+        print(f"  {name:24s} at the end: R asked {np.median(r_star if 'r' not in kw else kw['r']):.3f}, plan "
+              f"moves {np.median(disp):.2f} over the horizon, |action| {np.median(act):.2f}; at their start: plan "
+              f"moves {np.median(disp0):.2f}, |action| {np.median(act0):.2f}  (medians)")
+    r_star, disp, act = plans_at(model, data, config, last[failed], goals[failed])
+    for i, k in enumerate(failed[:15]):
+        print(f"    episode {k}: end ({last[k, 0]:.2f}, {last[k, 1]:.2f}) speed {np.linalg.norm(last[k, 2:4]):.3f}, "
+              f"goal ({goals[k, 0]:.1f}, {goals[k, 1]:.1f}); R asked {r_star[i]:.3f}, plan moves {disp[i]:.2f}, "
+              f"|action| {act[i]:.2f}")
 
 
 def main() -> None:
@@ -178,7 +235,9 @@ def main() -> None:
     for name, row in rows.items():
         print(f"{name:28s} " + "  ".join(f"{k} {v:.2f}" for k, v in row.items()))
     if args.rollouts:
-        plot_rollouts(config.task, policies["inverse-dynamics head"], args.episodes, config.eval_seed, args.rollouts)
+        rec, reached, goals = plot_rollouts(config.task, policies["inverse-dynamics head"], args.episodes,
+                                            config.eval_seed, args.rollouts)
+        stall_probe(model, data, config, rec, reached, goals)
     env = make_eval_env(config.task)
     _, info = env.reset(seed=config.eval_seed)
     goal = info["goal"]

@@ -58,6 +58,11 @@ def test_per_episode_first_reward_steps_starts_and_goals(policy_name):
         assert is_free(grid, start_cell) and start_cell != goal_cell
         assert np.allclose(cell_to_xy(grid, goal_cell), goal)  # the goal is its cell's centre
     assert len(set(map(tuple, result.goals))) > 1  # a random goal per episode
+    # the recorded first and last observations are where each episode began and where its path ends
+    first_obs, last_obs = np.concatenate(rec.first_obs), np.concatenate(rec.last_obs)
+    paths = np.concatenate([np.stack(wave, 1) for wave in rec.paths], 0)
+    assert first_obs.shape == last_obs.shape == (6, 4)
+    assert np.allclose(first_obs[:, :2], result.starts) and np.allclose(last_obs[:, :2], paths[:, -1])
 
 
 def test_tasks_without_goals_record_no_starts_or_goals():

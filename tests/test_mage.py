@@ -169,6 +169,8 @@ def test_tiny_config_learns_and_beats_random(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     assert "inverse-dynamics head" in out.stdout and "controller on plan step 1" in out.stdout, out.stdout
     assert "of 4 episodes never reached the goal" in out.stdout and (tmp_path / "rollouts.png").stat().st_size > 10_000
+    # the stall probe reports on the episodes that failed, if any did
+    assert ("stall probe" in out.stdout) == ("0 of 4 episodes" not in out.stdout), out.stdout
 
 
 @pytest.mark.slow
