@@ -34,6 +34,9 @@ from shared.tasks import TASKS, goal_input  # noqa: E402
 VARIANTS: dict[str, tuple[str, list[str]]] = {
     "mage-k1": ("mage", ["--scales", "[32]"]),  # one scale: all tokens in one pass (K = 1)
     "mage-nodeccond": ("mage", ["--decoder_condition", "false"]),  # decoder without the condition, no L_cond
+    # not an ablation: a test of the exposure account of K = 1's lead (docs/mage.md): three times the free-running
+    # stage 3 (2,000 -> 6,000 steps after the committed 4,000 + 14,000)
+    "mage-e2e6k": ("mage", ["--e2e_steps", "6000"]),
     # goal-conditioned baselines on maze2d (the protocol before issue 13; on multi2d they equal bc / iql / dt):
     # the goal (hindsight collection goal in training) instead of the paper's (observation, reward) only
     "bc-goal": ("bc", ["--goal_input", "true"]),
