@@ -77,6 +77,8 @@ class TrainConfig:
     n_layers: int = 6  # transformer blocks
     n_heads: int = 8  # attention heads
     dropout: float = 0.1  # dropout in the transformer
+    scheduled_sampling: float = 0.0  # stage 2: chance that a scale's tokens in the transformer's input are its own
+    # argmax prediction, the finer scales' targets re-quantised after it (0: VAR's teacher forcing; docs/mage.md)
     # --- (3) condition-guided decoder and inverse dynamics
     decoder_condition: bool = True  # condition the decoder on (R_t, s_t [, g]) (False: the paper's ablation)
     adapter_dim: int = 64  # bottleneck width of the decoder adapters (trained in the end-to-end stage)
@@ -300,6 +302,22 @@ class MultiScaleVQ(nn.Module):
                 self._last_resid = r_k.detach()
         f_st = f + (f_hat - f).detach()  # straight-through to the encoder
         return f_st, idx_list, loss / len(self.scales), zs
+
+    @torch.no_grad()
+    def requantize(self, f: torch.Tensor, pred: list[torch.Tensor], use_pred: torch.Tensor):
+        """The residual quantisation of f [B, dim, L] when scale k's token map is ``pred[k]`` wherever
+        ``use_pred[:, k]`` ([B, K] bool) holds: each scale's target is the nearest code to what is left of f after the
+        token maps actually used before it, so a finer scale learns to correct a coarser scale's wrong tokens.
+        Returns (targets per scale, contributions z_k of the token maps used)."""
+        resid, targets, zs = f.clone(), [], []
+        for k, length in enumerate(self.scales):
+            r_k = self.downsample(resid, k) if length != self.L else resid
+            target = self.nearest(r_k)
+            z = self.embed_scale(k, torch.where(use_pred[:, k:k + 1], pred[k], target))
+            resid = resid - z
+            targets.append(target)
+            zs.append(z)
+        return targets, zs
 
     @torch.no_grad()
     def init_codebook(self, f: torch.Tensor) -> None:
@@ -537,7 +555,7 @@ class MAGE(nn.Module):
         return self.decoder(z, cond if self.decoder_condition else torch.zeros_like(cond))
 
     def teacher_inputs(self, zs: list[torch.Tensor]) -> Optional[torch.Tensor]:
-        """Transformer inputs for scales 2..K from the true per-scale contributions z_k (None when K = 1)."""
+        """Transformer inputs for scales 2..K from the per-scale contributions z_k (None when K = 1)."""
         f_hat, inputs = torch.zeros_like(zs[0]), []
         for k in range(len(zs) - 1):
             f_hat = f_hat + zs[k]
@@ -590,7 +608,14 @@ def transformer_loss(model: MAGE, batch: dict, config: TrainConfig):
     keeps learning L_inv on the latent of the transformer's predicted (argmax) tokens."""
     cond = batch["cond"][:, 0]
     with torch.no_grad():
-        _, idx_list, _, zs = model.vq(model.encoder(batch["x"]))
+        f = model.encoder(batch["x"])
+        _, idx_list, _, zs = model.vq(f)
+        if config.scheduled_sampling > 0:  # (choice) evaluation feeds each scale the argmax of the coarser ones:
+            # train on some of them too (one teacher-forced pass gives the predictions; parallel scheduled sampling)
+            b = model.transformer.bounds
+            pred = model.transformer(cond, model.teacher_inputs(zs)).argmax(-1)
+            use_pred = torch.rand(cond.shape[0], len(b) - 1, device=cond.device) < config.scheduled_sampling
+            idx_list, zs = model.vq.requantize(f, [pred[:, b[k]:b[k + 1]] for k in range(len(b) - 1)], use_pred)
         inputs = model.teacher_inputs(zs)
     logits = model.transformer(cond, inputs)
     target = torch.cat(idx_list, 1)

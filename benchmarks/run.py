@@ -37,6 +37,8 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     # not an ablation: a test of the exposure account of K = 1's lead (docs/mage.md): three times the free-running
     # stage 3 (2,000 -> 6,000 steps after the committed 4,000 + 14,000)
     "mage-e2e6k": ("mage", ["--e2e_steps", "6000"]),
+    # the other test of it: stage 2 feeds half of the scales their own argmax predictions (scheduled sampling)
+    "mage-ss": ("mage", ["--scheduled_sampling", "0.5"]),
     # goal-conditioned baselines on maze2d (the protocol before issue 13; on multi2d they equal bc / iql / dt):
     # the goal (hindsight collection goal in training) instead of the paper's (observation, reward) only
     "bc-goal": ("bc", ["--goal_input", "true"]),

@@ -61,6 +61,48 @@ def test_scale_contributions_sum_to_the_quantised_latent_and_refine_it():
     assert errors[-1] < 0.8 * errors[0], errors
 
 
+def test_requantize_corrects_a_wrong_coarse_scale_and_is_the_quantisation_without_one():
+    config, model = small_model()
+    batch = smooth_batch()
+    fit(model, config, "autoencoder", batch, 150)
+    model.eval()
+    with torch.no_grad():
+        f = model.encoder(batch["x"])
+        _, idx, _, zs = model.vq(f)
+        K, B = len(config.scales), len(f)
+        none = torch.zeros(B, K, dtype=torch.bool)
+        targets, zs_none = model.vq.requantize(f, idx, none)  # no prediction used: the VQ's own quantisation
+        assert all(torch.equal(a, b) for a, b in zip(targets, idx))
+        assert all(torch.allclose(a, b) for a, b in zip(zs_none, zs))
+        # a wrong scale-2 token map: the later scales' targets change so that they reduce what it left of f
+        wrong = [i.clone() for i in idx]
+        wrong[1] = (wrong[1] + 1) % config.codebook_size
+        use = none.clone()
+        use[:, 1] = True
+        targets, zs_used = model.vq.requantize(f, wrong, use)
+        assert torch.equal(targets[0], idx[0]) and torch.equal(targets[1], idx[1])  # targets up to it: unchanged
+        assert any(not torch.equal(a, b) for a, b in zip(targets[2:], idx[2:]))
+        assert torch.allclose(zs_used[1], model.vq.embed_scale(1, wrong[1]))  # the input holds the wrong tokens
+        err_after_wrong = (f - zs_used[0] - zs_used[1]).pow(2).mean()
+        assert (f - sum(zs_used)).pow(2).mean() < 0.7 * err_after_wrong  # the finer scales correct most of it
+
+
+def test_scheduled_sampling_is_teacher_forcing_at_zero_and_still_learns():
+    config, model = small_model()
+    batch = smooth_batch()
+    fit(model, config, "autoencoder", batch, 150)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    torch.manual_seed(1)
+    loss0, _ = mage.transformer_loss(model, batch, config)
+    torch.manual_seed(1)
+    loss_ss0, _ = mage.transformer_loss(model, batch, dataclasses.replace(config, scheduled_sampling=0.0))
+    assert torch.equal(loss0, loss_ss0)
+    ss = dataclasses.replace(config, scheduled_sampling=0.5, lr=1e-3)
+    model.load_state_dict(state)
+    losses = fit(model, ss, "transformer", batch, 120)
+    assert sum(losses[-10:]) < 0.6 * sum(losses[:10]), (losses[:10], losses[-10:])
+
+
 def test_finer_scale_tokens_never_change_coarser_logits():
     config, model = small_model()
     model.eval()
