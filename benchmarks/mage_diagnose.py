@@ -168,6 +168,12 @@ def stall_probe(model, data, config, rec, reached: np.ndarray, goals: np.ndarray
     dist = np.linalg.norm(last[failed, :2] - goals[failed], axis=1)
     print(f"stall probe: the {len(failed)} episodes that never reached the goal, at their last state (speed "
           f"{np.median(np.linalg.norm(last[failed, 2:4], axis=1)):.3f} median, {np.median(dist):.2f} from the goal)")
+    # how often the data shows a state that slow (its collector never stops on the way: such states are rare in it)
+    vel = data.buffer.fields["x"][:, 3:5].float().cpu().numpy() * data.obs_norm.std[2:4] + data.obs_norm.mean[2:4]
+    data_speed = np.linalg.norm(vel, axis=1)
+    print(f"  data: {np.mean(data_speed < 0.1):.3%} of its states slower than 0.1, {np.mean(data_speed < 0.3):.3%} "
+          f"slower than 0.3; the episodes start at speed {np.median(np.linalg.norm(first[:, 2:4], axis=1)):.3f} "
+          f"(median)")
     r0, _, _ = plans_at(model, data, config, first[reached], goals[reached])
     print(f"  reached episodes at their start: R asked {np.median(r0):.3f} (median)")
     rows = [("as the policy plans", {}), ("R = 1", dict(r=1.0)), ("R = 0.5", dict(r=0.5)),
