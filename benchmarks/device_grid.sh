@@ -90,7 +90,7 @@ watch() {
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
   mkdir -p "$OUT"
   tar czf "$OUT/results.tar.gz" -C /tmp results 2>/dev/null
-  tar czf "$OUT/logs.tar.gz" -C /tmp runs/logs $(cd /tmp && ls grid-*.log gpu-usage.csv) 2>/dev/null
+  tar czf "$OUT/logs.tar.gz" -C /tmp runs/logs $(cd /tmp && ls grid-*.log gpu-usage.csv | grep -v grid-all.log) 2>/dev/null
   (cd /tmp/runs && find . -name metrics.jsonl | tar czf "$OUT/metrics.tar.gz" -T -)
   for r in ${KEEP_RUNS:-}; do  # a run's final weights, small enough to come back (see the header)
     python3 - "/tmp/runs/$r" "$OUT/keep-$(basename "$(dirname "$r")")-$(basename "$r").pt" <<'PY' || echo "KEEP_RUNS $r: not kept"
