@@ -304,16 +304,17 @@ class MultiScaleVQ(nn.Module):
         return f_st, idx_list, loss / len(self.scales), zs
 
     @torch.no_grad()
-    def requantize(self, f: torch.Tensor, pred: list[torch.Tensor], use_pred: torch.Tensor):
-        """The residual quantisation of f [B, dim, L] when scale k's token map is ``pred[k]`` wherever
-        ``use_pred[:, k]`` ([B, K] bool) holds: each scale's target is the nearest code to what is left of f after the
-        token maps actually used before it, so a finer scale learns to correct a coarser scale's wrong tokens.
-        Returns (targets per scale, contributions z_k of the token maps used)."""
-        resid, targets, zs = f.clone(), [], []
+    def requantize(self, f: torch.Tensor, pred: torch.Tensor, use_pred: torch.Tensor):
+        """The residual quantisation of f [B, dim, L] when scale k's token map is its part of ``pred`` (all scales'
+        tokens in one flat sequence [B, sum l_k]) wherever ``use_pred[:, k]`` ([B, K] bool) holds: each scale's target
+        is the nearest code to what is left of f after the token maps actually used before it, so a finer scale
+        learns to correct a coarser scale's wrong tokens. Returns (targets per scale, contributions z_k of the token
+        maps used)."""
+        resid, targets, zs, b = f.clone(), [], [], self.bounds
         for k, length in enumerate(self.scales):
             r_k = self.downsample(resid, k) if length != self.L else resid
             target = self.nearest(r_k)
-            z = self.embed_scale(k, torch.where(use_pred[:, k:k + 1], pred[k], target))
+            z = self.embed_scale(k, torch.where(use_pred[:, k:k + 1], pred[:, b[k]:b[k + 1]], target))
             resid = resid - z
             targets.append(target)
             zs.append(z)
@@ -612,10 +613,9 @@ def transformer_loss(model: MAGE, batch: dict, config: TrainConfig):
         _, idx_list, _, zs = model.vq(f)
         if config.scheduled_sampling > 0:  # (choice) evaluation feeds each scale the argmax of the coarser ones:
             # train on some of them too (one teacher-forced pass gives the predictions; parallel scheduled sampling)
-            b = model.transformer.bounds
             pred = model.transformer(cond, model.teacher_inputs(zs)).argmax(-1)
-            use_pred = torch.rand(cond.shape[0], len(b) - 1, device=cond.device) < config.scheduled_sampling
-            idx_list, zs = model.vq.requantize(f, [pred[:, b[k]:b[k + 1]] for k in range(len(b) - 1)], use_pred)
+            use_pred = torch.rand(cond.shape[0], len(zs), device=cond.device) < config.scheduled_sampling
+            idx_list, zs = model.vq.requantize(f, pred, use_pred)
         inputs = model.teacher_inputs(zs)
     logits = model.transformer(cond, inputs)
     target = torch.cat(idx_list, 1)
@@ -791,12 +791,18 @@ class MagePolicy:
         self.model, self.data, self.config, self.device = model, data, config, device
         self.plan_actions = captured(self._plan_actions, use_graphs(config.compile, device))
 
+    def ask_return(self, cond: torch.Tensor) -> torch.Tensor:
+        """The condition a plan is made from: with a learnt return target, R = its expectile from here (goal tasks:
+        clamped to [0, 1]) in place of the requested R."""
+        if self.model.return_target is None:
+            return cond
+        r = self.model.return_target(cond[:, 1:])
+        r = r.clamp(0.0, 1.0) if self.data.goal_conditioned else r
+        return torch.cat([r[:, None], cond[:, 1:]], 1)
+
     def _plan_actions(self, cond: torch.Tensor) -> torch.Tensor:
         """Condition [N, cond_dim] -> the action [N, act_dim] (fp32)."""
-        if self.model.return_target is not None:  # R = the learnt expectile from here (goal tasks: R in [0, 1])
-            r = self.model.return_target(cond[:, 1:])
-            r = r.clamp(0.0, 1.0) if self.data.goal_conditioned else r
-            cond = torch.cat([r[:, None], cond[:, 1:]], 1)
+        cond = self.ask_return(cond)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.config.bf16 and cond.is_cuda):
             f_hat, _ = self.model.transformer.generate(cond, self.model.vq, self.config.temperature)
             return self.model.inverse(f_hat, cond).float()

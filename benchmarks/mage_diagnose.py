@@ -35,6 +35,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from shared.datasets import speed_summary  # noqa: E402
 from shared.evaluation import Recorder, evaluate, goal_behaviour, make_eval_env  # noqa: E402
 from shared.mazes import cell_to_xy, maze_map  # noqa: E402
 from shared.tasks import get_task, is_point_maze  # noqa: E402
@@ -138,27 +139,24 @@ def plot_rollouts(task_name: str, policy, episodes: int, seed: int, out: Path):
 
 
 @torch.no_grad()
-def plans_at(model, data, config, obs: np.ndarray, goals: np.ndarray, r: Optional[float] = None,
+def plans_at(policy, obs: np.ndarray, goals: np.ndarray, r: Optional[float] = None,
              temperature: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """At states ``obs`` [N, obs_dim] with goals [N, 2]: the return target R the policy would ask for (its learnt
-    expectile, or ``config.target_return``), and for the plan made with R (or with ``r`` instead) how far its last
-    step lies from the state (world units) and the head's mean |action|."""
-    device = next(model.parameters()).device
-    s = data.obs_norm.normalize(obs.astype(np.float32))
-    rest = torch.as_tensor(np.concatenate([s, data.obs_norm.goal().normalize(goals).astype(np.float32)], 1),
-                           device=device)
-    full = torch.full((len(obs),), config.target_return, device=device)
-    r_star = model.return_target(rest).clamp(0.0, 1.0) if model.return_target is not None else full
-    cond = rest
-    if config.return_condition:
-        cond = torch.cat([(r_star if r is None else torch.full_like(r_star, r))[:, None], rest], 1)
+    """At states ``obs`` [N, obs_dim] with goals [N, 2]: the return R that ``policy`` (a MagePolicy) plans with
+    there (with ``return_condition``; else its target_return), and for that plan, or for one made with ``r`` instead,
+    how far its last step lies from the state (world units) and the head's mean |action|."""
+    model, data, config = policy.model, policy.data, policy.config
+    policy.reset(goals)
+    cond = policy.ask_return(policy.condition(obs))
+    if r is not None and config.return_condition:
+        cond = torch.cat([torch.full_like(cond[:, :1], r), cond[:, 1:]], 1)
+    asked = cond[:, 0] if config.return_condition else torch.full_like(cond[:, 0], config.target_return)
     f_hat, _ = model.transformer.generate(cond, model.vq, temperature)
     plan = model.decode(f_hat, cond)[:, -1, 1:3].float().cpu().numpy() * data.obs_norm.std[:2] + data.obs_norm.mean[:2]
     action = model.inverse(f_hat, cond).clamp(-1.0, 1.0).abs().mean(1)
-    return r_star.cpu().numpy(), np.linalg.norm(plan - obs[:, :2], axis=1), action.cpu().numpy()
+    return asked.cpu().numpy(), np.linalg.norm(plan - obs[:, :2], axis=1), action.cpu().numpy()
 
 
-def stall_probe(model, data, config, rec, reached: np.ndarray, goals: np.ndarray) -> None:
+def stall_probe(policy, rec, reached: np.ndarray, goals: np.ndarray) -> None:
     """Where the episodes that never reached their goal ended up, and what the model plans there: is the plan to
     stay (a fixed point of the closed loop), and does asking for another return, or sampling, move it?"""
     first, last = np.concatenate(rec.first_obs), np.concatenate(rec.last_obs)
@@ -168,25 +166,24 @@ def stall_probe(model, data, config, rec, reached: np.ndarray, goals: np.ndarray
     dist = np.linalg.norm(last[failed, :2] - goals[failed], axis=1)
     print(f"stall probe: the {len(failed)} episodes that never reached the goal, at their last state (speed "
           f"{np.median(np.linalg.norm(last[failed, 2:4], axis=1)):.3f} median, {np.median(dist):.2f} from the goal)")
+    data, config = policy.data, policy.config
     # how often the data shows a state that slow (its collector never stops on the way: such states are rare in it)
-    vel = data.buffer.fields["x"][:, 3:5].float().cpu().numpy() * data.obs_norm.std[2:4] + data.obs_norm.mean[2:4]
-    data_speed = np.linalg.norm(vel, axis=1)
-    print(f"  data: {np.mean(data_speed < 0.1):.3%} of its states slower than 0.1, {np.mean(data_speed < 0.3):.3%} "
-          f"slower than 0.3; the episodes start at speed {np.median(np.linalg.norm(first[:, 2:4], axis=1)):.3f} "
-          f"(median)")
-    r0, _, _ = plans_at(model, data, config, first[reached], goals[reached])
+    obs = data.buffer.fields["x"][:, 1:].float().cpu().numpy() * data.obs_norm.std + data.obs_norm.mean
+    print(f"  data: {speed_summary(obs)}; the episodes start at speed "
+          f"{np.median(np.linalg.norm(first[:, 2:4], axis=1)):.3f} (median)")
+    r0, _, _ = plans_at(policy, first[reached], goals[reached])
     print(f"  reached episodes at their start: R asked {np.median(r0):.3f} (median)")
     rows = [("as the policy plans", {}), ("R = 1", dict(r=1.0)), ("R = 0.5", dict(r=0.5)),
             ("sampled, temperature 1", dict(temperature=1.0))]
     for name, kw in rows:
         if "r" in kw and not config.return_condition:
             continue
-        r_star, disp, act = plans_at(model, data, config, last[failed], goals[failed], **kw)
-        _, disp0, act0 = plans_at(model, data, config, first[failed], goals[failed], **kw)
-        print(f"  {name:24s} at the end: R asked {np.median(r_star if 'r' not in kw else kw['r']):.3f}, plan "
+        r_star, disp, act = plans_at(policy, last[failed], goals[failed], **kw)
+        _, disp0, act0 = plans_at(policy, first[failed], goals[failed], **kw)
+        print(f"  {name:24s} at the end: R asked {np.median(r_star):.3f}, plan "
               f"moves {np.median(disp):.2f} over the horizon, |action| {np.median(act):.2f}; at their start: plan "
               f"moves {np.median(disp0):.2f}, |action| {np.median(act0):.2f}  (medians)")
-    r_star, disp, act = plans_at(model, data, config, last[failed], goals[failed])
+    r_star, disp, act = plans_at(policy, last[failed], goals[failed])
     for i, k in enumerate(failed[:15]):
         print(f"    episode {k}: end ({last[k, 0]:.2f}, {last[k, 1]:.2f}) speed {np.linalg.norm(last[k, 2:4]):.3f}, "
               f"goal ({goals[k, 0]:.1f}, {goals[k, 1]:.1f}); R asked {r_star[i]:.3f}, plan moves {disp[i]:.2f}, "
@@ -243,7 +240,7 @@ def main() -> None:
     if args.rollouts:
         rec, reached, goals = plot_rollouts(config.task, policies["inverse-dynamics head"], args.episodes,
                                             config.eval_seed, args.rollouts)
-        stall_probe(model, data, config, rec, reached, goals)
+        stall_probe(policies["inverse-dynamics head"], rec, reached, goals)
     env = make_eval_env(config.task)
     _, info = env.reset(seed=config.eval_seed)
     goal = info["goal"]

@@ -59,27 +59,33 @@ class EvalResult:
 
 class Recorder:
     """Wraps a Policy and keeps, per wave of episodes, the rewards it is shown and the size of its actions (for
-    ``goal_behaviour``), the first two observation dims it sees (the (x, y) path on maze tasks), and the whole
-    observation of each wave's first and last step (where an episode began and where it ended up)."""
+    ``goal_behaviour``) and the observations it sees (``paths``: their first two dims, the (x, y) path on maze
+    tasks; ``first_obs`` / ``last_obs``: where each episode began and where it ended up)."""
 
     def __init__(self, policy: Policy) -> None:
         self.policy, self.waves = policy, []  # per wave: (rewards [T, N], mean |action| per step [T])
-        self.paths: list = []  # per wave: obs[:, :2] per step [T, N, 2] (an ended episode's last one repeats)
-        self.first_obs: list = []  # per wave: the full observations of its first and last step [N, obs_dim]
-        self.last_obs: list = []
+        self.observations: list = []  # per wave: obs per step [T, N, obs_dim] (an ended episode's last one repeats)
+
+    @property
+    def paths(self) -> list:
+        return [[obs[:, :2] for obs in wave] for wave in self.observations]
+
+    @property
+    def first_obs(self) -> list:
+        return [wave[0] for wave in self.observations]
+
+    @property
+    def last_obs(self) -> list:
+        return [wave[-1] for wave in self.observations]
 
     def reset(self, goals: np.ndarray) -> None:
         self.waves.append(([], []))
-        self.paths.append([])
+        self.observations.append([])
         self.policy.reset(goals)
 
     def act(self, obs: np.ndarray, last_rewards: np.ndarray) -> np.ndarray:
         rewards, sizes = self.waves[-1]
-        if not self.paths[-1]:
-            self.first_obs.append(np.asarray(obs).copy())
-            self.last_obs.append(None)
-        self.last_obs[-1] = np.asarray(obs).copy()
-        self.paths[-1].append(np.asarray(obs)[:, :2].copy())
+        self.observations[-1].append(np.asarray(obs).copy())
         rewards.append(np.asarray(last_rewards, np.float32).copy())
         action = self.policy.act(obs, last_rewards)
         sizes.append(float(np.abs(action).mean()))

@@ -71,7 +71,8 @@ def test_requantize_corrects_a_wrong_coarse_scale_and_is_the_quantisation_withou
         _, idx, _, zs = model.vq(f)
         K, B = len(config.scales), len(f)
         none = torch.zeros(B, K, dtype=torch.bool)
-        targets, zs_none = model.vq.requantize(f, idx, none)  # no prediction used: the VQ's own quantisation
+        # no prediction used: the VQ's own quantisation
+        targets, zs_none = model.vq.requantize(f, torch.cat(idx, 1), none)
         assert all(torch.equal(a, b) for a, b in zip(targets, idx))
         assert all(torch.allclose(a, b) for a, b in zip(zs_none, zs))
         # a wrong scale-2 token map: the later scales' targets change so that they reduce what it left of f
@@ -79,7 +80,7 @@ def test_requantize_corrects_a_wrong_coarse_scale_and_is_the_quantisation_withou
         wrong[1] = (wrong[1] + 1) % config.codebook_size
         use = none.clone()
         use[:, 1] = True
-        targets, zs_used = model.vq.requantize(f, wrong, use)
+        targets, zs_used = model.vq.requantize(f, torch.cat(wrong, 1), use)
         assert torch.equal(targets[0], idx[0]) and torch.equal(targets[1], idx[1])  # targets up to it: unchanged
         assert any(not torch.equal(a, b) for a, b in zip(targets[2:], idx[2:]))
         assert torch.allclose(zs_used[1], model.vq.embed_scale(1, wrong[1]))  # the input holds the wrong tokens
