@@ -537,6 +537,19 @@ def verify(path: os.PathLike, task_name: Optional[str] = None) -> Dict[str, Any]
     return attrs
 
 
+def speed_summary(observations: np.ndarray) -> str:
+    """Point-mass speeds of a maze2d dataset (obs = x, y, vx, vy): how often, and how long at a time, the data's
+    collector is nearly at rest (evaluation episodes start at rest; docs/data.md)."""
+    speed = np.linalg.norm(observations[:, 2:4], axis=1)
+    parts = [f"speed: median {np.median(speed):.2f}"]
+    for v in (0.1, 0.3):
+        slow = np.r_[False, speed < v, False]
+        edges = np.flatnonzero(slow[1:] != slow[:-1])  # starts and ends of the runs below v
+        longest = int((edges[1::2] - edges[::2]).max()) if len(edges) else 0
+        parts.append(f"{np.mean(speed < v):.2%} of states slower than {v} (longest run {longest} steps)")
+    return "; ".join(parts)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m shared.datasets", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -561,8 +574,11 @@ def main(argv: Optional[List[str]] = None) -> None:
         elif args.command == "info":
             for key, value in sorted(read_attrs(args.path).items()):
                 print(f"{key}: {value}")
-            for key, array in read_arrays(args.path).items():
+            arrays = read_arrays(args.path)
+            for key, array in arrays.items():
                 print(f"{key}: {array.dtype} {array.shape}")
+            if read_attrs(args.path).get("recipe") == "d4rl-maze2d-waypoint":
+                print(speed_summary(arrays["observations"]))
         else:
             attrs = verify(args.path, args.task)
             checks = ", ".join(f"{k[6:]}={v}" for k, v in attrs.items() if k.startswith("check/"))

@@ -238,3 +238,12 @@ def test_d4rl_layout_files_of_each_family_load_and_wrong_sizes_are_refused(tmp_p
     assert info["source"] == f"user file {path}"
     with pytest.raises(DatasetError, match=f"observations have size {obs_dim + 1}, the task's env expects {obs_dim}"):
         load_dataset(task, dataset_path=write_d4rl_hdf5(tmp_path / "bad.hdf5", obs_dim=obs_dim + 1))
+
+
+def test_speed_summary_counts_slow_states_and_their_longest_run():
+    speed = np.array([3.0, 0.05, 0.05, 0.2, 3.0, 0.2, 3.0, 3.0, 0.05, 3.0])
+    obs = np.zeros((len(speed), 4), np.float32)
+    obs[:, 2] = speed  # vx = speed, vy = 0
+    line = datasets.speed_summary(obs)
+    assert line == ("speed: median 1.60; 30.00% of states slower than 0.1 (longest run 2 steps); "
+                    "50.00% of states slower than 0.3 (longest run 3 steps)"), line
