@@ -54,7 +54,7 @@ class TrackingPolicy(mage.MagePolicy):
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, last_rewards: np.ndarray) -> np.ndarray:
-        cond = self.condition(obs)
+        cond = self.ask_return(self.condition(obs))  # the R the policy plans with, as MagePolicy
         self.model.eval()
         f_hat, _ = self.model.transformer.generate(cond, self.model.vq, self.config.temperature)
         plan = self.model.decode(f_hat, cond)[:, self.track, 1:].float().cpu().numpy()
