@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Optional
 
 import yaml
@@ -64,11 +65,16 @@ def committed_fields(algo: str, task: str, config_dir: Path = ROOT / "configs") 
     return tuple((k, values[k]) for k in STALE_KEYS if k in values)
 
 
-def stale_fields(algo: str, task: str, result: dict, config_dir: Path = ROOT / "configs") -> list[str]:
-    """'tf_steps 4000 -> 14000' for each STALE_KEY where a result's recorded config differs from the config now."""
+def stale_fields(algo: str, task: str, result: dict, config_dir: Path = ROOT / "configs",
+                 overrides: Sequence[str] = ()) -> list[str]:
+    """'tf_steps 4000 -> 14000' for each STALE_KEY where a result's recorded config differs from the config now
+    (with a variant's ``--key value`` overrides applied: mage-e2e6k's 6,000 stage-3 steps are its budget)."""
     recorded = result.get("config") or {}
-    return [f"{k} {recorded[k]} -> {v}" for k, v in committed_fields(algo, task, Path(config_dir))
-            if k in recorded and recorded[k] != v]
+    expected = dict(committed_fields(algo, task, Path(config_dir)))
+    for flag, value in zip(overrides[::2], overrides[1::2]):
+        if flag.startswith("--") and flag[2:] in STALE_KEYS:
+            expected[flag[2:]] = yaml.safe_load(value)
+    return [f"{k} {recorded[k]} -> {v}" for k, v in expected.items() if k in recorded and recorded[k] != v]
 
 
 def set_aside(result: Path) -> Path:
@@ -178,7 +184,7 @@ def main() -> None:
             recorded = json.loads(result.read_text())
         except (OSError, ValueError) as e:  # before any run starts: one line naming the file
             sys.exit(f"error: {result} is not a readable result file ({e}); fix or remove it")
-        changed = stale_fields(job.algo, job.task, recorded, Path(args.config_dir))
+        changed = stale_fields(job.algo, job.task, recorded, Path(args.config_dir), job.overrides)
         if changed and args.rerun_stale and "--resume" in cmd:  # those checkpoints are the old run's
             print(f"skip {job.tag}: {result} is stale ({', '.join(changed)}) but its run folder under {args.out_dir} "
                   "holds checkpoints; move them away to re-run it")

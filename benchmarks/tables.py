@@ -196,8 +196,8 @@ def fmt(x: Optional[float]) -> str:
 def stale(cell: Cell) -> bool:
     """Some run of the cell trained with another budget (or return condition) than its committed config sets now (a
     config changed after the run): the cell is marked until it is re-run (``benchmarks/run.py --rerun-stale``)."""
-    algo = load_variants().get(cell.name, (cell.name, []))[0]
-    return any(load_run_module().stale_fields(algo, cell.task, r) for r in cell.runs)
+    algo, overrides = load_variants().get(cell.name, (cell.name, []))
+    return any(load_run_module().stale_fields(algo, cell.task, r, overrides=overrides) for r in cell.runs)
 
 
 STALE_NOTE = ("†: trained with another budget (steps or batch size) or return condition than the committed config "
@@ -402,6 +402,20 @@ def timing_table(cells: dict, names: list[str], tasks: list[str]) -> list[str]:
     return md_table(header, rows, ["---", "---", "---:", "---:", "---:", "---:", "---:", "---"])
 
 
+def paired_delta(base: Optional[Cell], variant: Optional[Cell]) -> str:
+    """Mean of (variant - base) over the seeds both cells have, with that seed count: '-3.1 (2)', or '—'."""
+    if base is None or variant is None:
+        return "—"
+    def by_seed(c: Cell) -> dict:
+        return {r.get("seed"): float(r["normalized_score"]) for r in c.runs
+                if isinstance(r.get("normalized_score"), (int, float)) and math.isfinite(r["normalized_score"])}
+    b, v = by_seed(base), by_seed(variant)
+    shared = sorted(set(b) & set(v), key=str)
+    if not shared:
+        return "— (no shared seed)"
+    return f"{sum(v[k] - b[k] for k in shared) / len(shared):+.1f} ({len(shared)})"
+
+
 def ablation_table(cells: dict, variants: dict, present: set[str]) -> list[str]:
     """Variants of an algorithm vs the algorithm itself, on the tasks where some variant has results."""
     lines = []
@@ -425,9 +439,11 @@ def ablation_table(cells: dict, variants: dict, present: set[str]) -> list[str]:
             row = [f"`{task}`", score_cell(cells.get((base, task)), means.get(base) == best)]
             for v in vs:
                 row.append(score_cell(cells.get((v, task)), means.get(v) == best))
-                row.append(f"{means[v] - means[base]:+.1f}" if v in means and base in means else "—")
+                row.append(paired_delta(cells.get((base, task)), cells.get((v, task))))
             rows.append(row)
-        lines += md_table(header, rows) + [""]
+        lines += md_table(header, rows) + ["", "Δ: the variant minus the base on the seeds both have (same training "
+                                             "and evaluation seeds), averaged over those seeds; their count in "
+                                             "parentheses. The cells' means may cover other seeds.", ""]
         for v in vs:
             how = " ".join(variants[v][1]) if v in variants else "(not in benchmarks/run.py's VARIANTS)"
             lines.append(f"- `{v}`: `{base}` with `{how}`")
