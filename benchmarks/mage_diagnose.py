@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from shared.datasets import speed_summary  # noqa: E402
 from shared.evaluation import Recorder, evaluate, goal_behaviour, make_eval_env  # noqa: E402
-from shared.mazes import cell_to_xy, maze_map  # noqa: E402
+from shared.mazes import cell_to_xy, is_free, maze_map  # noqa: E402
 from shared.tasks import get_task, is_point_maze  # noqa: E402
 from shared.utils import RunError, load_latest_checkpoint, load_script  # noqa: E402
 
@@ -143,7 +143,7 @@ def plans_at(policy, obs: np.ndarray, goals: np.ndarray, r: Optional[float] = No
              temperature: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """At states ``obs`` [N, obs_dim] with goals [N, 2]: the return R that ``policy`` (a MagePolicy) plans with
     there (with ``return_condition``; else its target_return), and for that plan, or for one made with ``r`` instead,
-    how far its last step lies from the state (world units) and the head's mean |action|."""
+    its decoded (x, y) path [N, H, 2] (world units) and the head's action [N, act_dim] (clipped as the policy acts)."""
     model, data, config = policy.model, policy.data, policy.config
     policy.reset(goals)
     cond = policy.ask_return(policy.condition(obs))
@@ -151,9 +151,34 @@ def plans_at(policy, obs: np.ndarray, goals: np.ndarray, r: Optional[float] = No
         cond = torch.cat([torch.full_like(cond[:, :1], r), cond[:, 1:]], 1)
     asked = cond[:, 0] if config.return_condition else torch.full_like(cond[:, 0], config.target_return)
     f_hat, _ = model.transformer.generate(cond, model.vq, temperature)
-    plan = model.decode(f_hat, cond)[:, -1, 1:3].float().cpu().numpy() * data.obs_norm.std[:2] + data.obs_norm.mean[:2]
-    action = model.inverse(f_hat, cond).clamp(-1.0, 1.0).abs().mean(1)
-    return asked.cpu().numpy(), np.linalg.norm(plan - obs[:, :2], axis=1), action.cpu().numpy()
+    path = model.decode(f_hat, cond)[:, :, 1:3].float().cpu().numpy() * data.obs_norm.std[:2] + data.obs_norm.mean[:2]
+    action = model.inverse(f_hat, cond).clamp(-1.0, 1.0).float().cpu().numpy()
+    return asked.cpu().numpy(), path, action
+
+
+def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cosine of two [N, 2] arrays (0 where either is ~0)."""
+    na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    return np.where((na > 1e-6) & (nb > 1e-6), (a * b).sum(1) / np.maximum(na * nb, 1e-12), 0.0)
+
+
+def wall_geometry(grid: list[list], xy: np.ndarray, path: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For states ``xy`` [N, 2] and their plans' paths [N, H, 2]: the distance from each state to the nearest wall
+    cell's edge (world units; the point mass's radius is 0.1, so ~0.1 is touching), and the first plan step that
+    lies in a wall cell (-1: none)."""
+    walls = [cell_to_xy(grid, (i, j)) for i in range(len(grid)) for j in range(len(grid[0]))
+             if not is_free(grid, (i, j))]
+    w = np.asarray(walls)  # wall cell centres, cells 1 x 1
+    gap = np.abs(xy[:, None, :] - w[None]) - 0.5  # per axis, outside the cell when > 0
+    near = np.linalg.norm(np.maximum(gap, 0.0), axis=2).min(1)
+    inside = (np.abs(path[:, :, None, :] - w[None, None]) < 0.5).all(3).any(2)  # [N, H]
+    first = np.where(inside.any(1), inside.argmax(1), -1)
+    return near, first
+
+
+def moved(path: np.ndarray, xy: np.ndarray) -> np.ndarray:
+    """How far each plan's last step lies from its state [N] (world units)."""
+    return np.linalg.norm(path[:, -1] - xy[:, :2], axis=1)
 
 
 def stall_probe(policy, rec, reached: np.ndarray, goals: np.ndarray) -> None:
@@ -178,16 +203,32 @@ def stall_probe(policy, rec, reached: np.ndarray, goals: np.ndarray) -> None:
     for name, kw in rows:
         if "r" in kw and not config.return_condition:
             continue
-        r_star, disp, act = plans_at(policy, last[failed], goals[failed], **kw)
-        _, disp0, act0 = plans_at(policy, first[failed], goals[failed], **kw)
+        r_star, path, act = plans_at(policy, last[failed], goals[failed], **kw)
+        _, path0, act0 = plans_at(policy, first[failed], goals[failed], **kw)
         print(f"  {name:24s} at the end: R asked {np.median(r_star):.3f}, plan "
-              f"moves {np.median(disp):.2f} over the horizon, |action| {np.median(act):.2f}; at their start: plan "
-              f"moves {np.median(disp0):.2f}, |action| {np.median(act0):.2f}  (medians)")
-    r_star, disp, act = plans_at(policy, last[failed], goals[failed])
+              f"moves {np.median(moved(path, last[failed])):.2f} over the horizon, |action| "
+              f"{np.median(np.abs(act).mean(1)):.2f}; at their start: plan moves "
+              f"{np.median(moved(path0, first[failed])):.2f}, |action| {np.median(np.abs(act0).mean(1)):.2f}  "
+              "(medians)")
+    # where the plan goes, and where the head pushes: a plan through a wall is the transformer's error, a plan
+    # around it with the action into it the head's
+    grid = maze_map(get_task(config.task).maze)
+    xy = last[failed, :2]
+    r_star, path, act = plans_at(policy, last[failed], goals[failed])
+    near, in_wall = wall_geometry(grid, xy, path)
+    ahead = path[:, min(8, path.shape[1] - 1)] - xy  # the plan's direction over its first 8 steps
+    to_goal, to_plan = cosine(act[:, :2], goals[failed] - xy), cosine(act[:, :2], ahead)
+    print(f"  at the end: {np.mean(near < 0.15):.0%} touch a wall (within 0.05 of the radius); the plan enters a wall "
+          f"cell in {np.mean(in_wall >= 0):.0%} (first such step: median "
+          f"{np.median(in_wall[in_wall >= 0]) if (in_wall >= 0).any() else float('nan'):.0f}); cosine of the action "
+          f"with the straight line to the goal {np.median(to_goal):.2f}, with the plan's first 8 steps "
+          f"{np.median(to_plan):.2f} (medians)")
     for i, k in enumerate(failed[:15]):
         print(f"    episode {k}: end ({last[k, 0]:.2f}, {last[k, 1]:.2f}) speed {np.linalg.norm(last[k, 2:4]):.3f}, "
-              f"goal ({goals[k, 0]:.1f}, {goals[k, 1]:.1f}); R asked {r_star[i]:.3f}, plan moves {disp[i]:.2f}, "
-              f"|action| {act[i]:.2f}")
+              f"goal ({goals[k, 0]:.1f}, {goals[k, 1]:.1f}); R asked {r_star[i]:.3f}, plan moves "
+              f"{moved(path[i:i + 1], xy[i:i + 1])[0]:.2f}, |action| {np.abs(act[i]).mean():.2f}; wall "
+              f"{near[i]:.2f} away, plan in a wall from step {in_wall[i]}; action vs goal line {to_goal[i]:+.2f}, "
+              f"vs plan {to_plan[i]:+.2f}")
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from conftest import ROOT, load_algorithm
@@ -760,3 +761,20 @@ def test_slim_wheels_drops_only_the_unused_assets_and_their_record_lines(tmp_pat
     size = wheel.stat().st_size
     assert slim.main([str(tmp_path)]) == 0 and wheel.stat().st_size == size  # again: nothing changes
     assert slim.main([str(tmp_path / "empty")]) == 2 and "no gymnasium_robotics wheel" in capsys.readouterr().err
+
+
+def test_the_stall_probe_tells_a_plan_through_a_wall_from_one_around_it():
+    from shared.mazes import cell_to_xy, maze_map
+    from shared.tasks import get_task
+
+    diagnose = load_script("mage_diagnose")
+    grid = maze_map(get_task("multi2d-large").maze)
+    touching = np.array([2.10, 0.60])  # 0.1 (the ball's radius) from the walls of its cell's corner
+    centre = cell_to_xy(grid, (4, 10))  # a free cell's centre
+    through = np.linspace(touching, [2.5, -2.0], 128)  # straight down, through the wall cell below
+    stay = np.repeat(centre[None], 128, 0)
+    near, first = diagnose.wall_geometry(grid, np.stack([touching, centre]), np.stack([through, stay]))
+    assert near[0] == pytest.approx(0.1) and near[1] >= 0.5 and first[0] > 0 and first[1] == -1
+    a, b = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]), np.array([[2.0, 0.0], [1.0, 0.0], [1.0, 1.0]])
+    cos = diagnose.cosine(a, b)
+    assert cos.tolist() == [1.0, 0.0, 0.0]
