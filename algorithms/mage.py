@@ -81,6 +81,8 @@ class TrainConfig:
     # argmax prediction, the finer scales' targets re-quantised after it (0: VAR's teacher forcing; docs/mage.md)
     # --- (3) condition-guided decoder and inverse dynamics
     decoder_condition: bool = True  # condition the decoder on (R_t, s_t [, g]) (False: the paper's ablation)
+    head_condition: str = "all"  # what the inverse-dynamics head sees beside the latent: "all" of (R_t, s_t [, g]),
+    # or "state" (s_t only: no goal to beeline to past the plan; the paper's a_t = I(z) has no condition at all)
     adapter_dim: int = 64  # bottleneck width of the decoder adapters (trained in the end-to-end stage)
     gumbel_tau: float = 1.0  # Gumbel-Softmax temperature in end-to-end fine-tuning
     w_inv: float = 1.0  # weight of L_inv (action from the latent)
@@ -129,6 +131,15 @@ def check_shapes(config: TrainConfig) -> None:
         raise RunError(f"patch ({config.patch}) must be a power of 2 dividing horizon ({config.horizon})")
     if config.scales[-1] != L or sorted(config.scales) != list(config.scales) or min(config.scales) < 1:
         raise RunError(f"scales {config.scales} must increase from >= 1 and end at horizon/patch = {L}")
+    if config.head_condition not in ("all", "state"):
+        raise RunError(f"head_condition must be 'all' or 'state', not '{config.head_condition}'")
+
+
+def state_columns(config: TrainConfig, x_dim: int, cond_dim: int) -> slice:
+    """Where s_t sits in the condition that load_data builds: (R_t, s_t) on reward tasks (cond_dim == x_dim),
+    (R_t, s_t, g) on goal tasks with return_condition, (s_t, g) without."""
+    start = 1 if cond_dim == x_dim or config.return_condition else 0
+    return slice(start, start + x_dim - 1)
 
 
 # ============================================================================ data
@@ -388,15 +399,17 @@ class LatentInverseDynamics(nn.Module):
     function of the state (waypoint switches), which ReLU MLPs fit better (lower L_inv than SiLU in our tests).
     """
 
-    def __init__(self, code_dim: int, length: int, cond_dim: int, act_dim: int, hidden: int = 512) -> None:
+    def __init__(self, code_dim: int, length: int, cond_dim: int, act_dim: int, hidden: int = 512,
+                 cond_cols: slice = slice(None)) -> None:
         super().__init__()
+        self.cond_cols = cond_cols  # the condition's columns it sees (head_condition)
         self.latent_in = nn.Linear(code_dim * length, hidden)
-        self.cond_in = nn.Linear(cond_dim, hidden)
+        self.cond_in = nn.Linear(len(range(cond_dim)[cond_cols]), hidden)
         self.net = nn.Sequential(nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
                                  nn.Linear(hidden, act_dim), nn.Tanh())
 
     def forward(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        h = self.cond_in(cond) + self.latent_in(z.flatten(1))
+        h = self.cond_in(cond[:, self.cond_cols]) + self.latent_in(z.flatten(1))
         return self.net(h)
 
 
@@ -547,7 +560,8 @@ class MAGE(nn.Module):
         self.vq = MultiScaleVQ(config.scales, config.codebook_size, config.code_dim, config.beta, config.phi_ratio)
         self.decoder = ConditionGuidedDecoder(x_dim, config.ae_channels, config.code_dim, cond_dim, config.patch,
                                               config.ae_blocks, config.adapter_dim)
-        self.inverse = LatentInverseDynamics(config.code_dim, L, cond_dim, act_dim)
+        head_cols = state_columns(config, x_dim, cond_dim) if config.head_condition == "state" else slice(None)
+        self.inverse = LatentInverseDynamics(config.code_dim, L, cond_dim, act_dim, cond_cols=head_cols)
         self.transformer = MultiScaleTransformer(config.scales, config.codebook_size, config.code_dim, cond_dim,
                                                  config.d_model, config.n_layers, config.n_heads, config.dropout)
         self.return_target = ReturnTarget(cond_dim - 1) if config.return_target_expectile > 0 else None

@@ -88,6 +88,40 @@ def plan_accuracy(model, data, segments: int, seed: int) -> None:
               f"mean |a| {act.abs().mean():.2f}")
 
 
+def refit_head(model, data, config, head_condition: str, steps: int, seed: int, pool: int = 32768) -> None:
+    """Replace the inverse-dynamics head by a fresh one that sees ``head_condition`` ("all" of the condition, or the
+    "state" alone; TrainConfig.head_condition) and fit it alone, everything else frozen, on the argmax generated
+    latents of ``pool`` training segments (what the head acts on at evaluation): does the same model, with a head
+    that cannot see the goal, act differently?"""
+    torch.manual_seed(seed)
+    x_dim = 1 + data.obs_dim
+    cols = mage.state_columns(config, x_dim, data.cond_dim) if head_condition == "state" else slice(None)
+    head = mage.LatentInverseDynamics(config.code_dim, config.horizon // config.patch, data.cond_dim, data.act_dim,
+                                      cond_cols=cols).to(next(model.parameters()).device)
+    latents, conds, actions, masks = [], [], [], []
+    with torch.no_grad():
+        for _ in range(pool // 1024):
+            batch = data.buffer.sample(1024)
+            cond = batch["cond"][:, 0]
+            latents.append(model.transformer.generate(cond, model.vq, 0.0)[0])
+            conds.append(cond), actions.append(batch["actions"][:, 0]), masks.append(batch["mask"][:, 0])
+    f, cond, act, mask = (torch.cat(t) for t in (latents, conds, actions, masks))
+    opt = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=config.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    for _ in range(steps):
+        i = torch.randint(len(f), (config.batch_size,))
+        loss = mage.masked_mse(head(f[i], cond[i]), act[i], mask[i])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+    with torch.no_grad():
+        fit = mage.masked_mse(head(f, cond), act, mask)
+    print(f"head refitted ({head_condition}: condition columns {cols}) in {steps} steps on {len(f)} generated "
+          f"latents: L_inv {fit:.3f}")
+    model.inverse = head.eval()
+
+
 def plot_rollouts(task_name: str, policy, episodes: int, seed: int, out: Path):
     """Evaluate ``policy`` as ``evaluate`` does and draw every episode's (x, y) path on the maze: reached episodes
     thin and blue, the others red, each of the first of them (up to 11) also on its own panel with start and goal.
@@ -243,6 +277,9 @@ def main() -> None:
     p.add_argument("--device", default="cpu", help="cpu, or cuda (the run's fast path, when it trained with compile)")
     p.add_argument("--rollouts", type=Path, metavar="PNG", help="also draw the evaluation episodes' paths on the maze "
                    "(point mazes; e.g. with --set task=multi2d-large on a maze2d-large run: its random goals)")
+    p.add_argument("--refit-head", choices=["all", "state"], help="first replace the head by a fresh one that sees "
+                   "all of the condition or the state alone, fitted alone on generated latents (the rest frozen)")
+    p.add_argument("--refit-steps", type=int, default=3000, help="steps of that fit")
     args = p.parse_args()
     if args.checkpoint is not None:  # e.g. checkpoint_000002000.pt: the model after stage 2 of the tiny config
         state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
@@ -270,6 +307,8 @@ def main() -> None:
     model.eval()
     print(f"data: mean |action| {data.buffer.fields['actions'].abs().mean():.2f}")
     plan_accuracy(model, data, args.segments, config.seed)
+    if args.refit_head:
+        refit_head(model, data, config, args.refit_head, args.refit_steps, config.seed)
     policies = {"inverse-dynamics head": mage.MagePolicy(model, data, config, device)}
     if args.track:
         policies[f"controller on plan step {args.track}"] = TrackingPolicy(model, data, config, device,

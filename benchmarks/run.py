@@ -40,6 +40,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "mage-e2e6k": ("mage", ["--e2e_steps", "6000"]),
     # the other test of it: stage 2 feeds half of the scales their own argmax predictions (scheduled sampling)
     "mage-ss": ("mage", ["--scheduled_sampling", "0.5"]),
+    # multi2d-large's stalls: the head acts along the straight line to the goal, into a wall, not along the plan
+    # (mage_diagnose.py's stall probe); a head that sees the state but not the goal (nor R) cannot do that
+    "mage-headstate": ("mage", ["--head_condition", "state"]),
     # goal-conditioned baselines on maze2d (the protocol before issue 13; on multi2d they equal bc / iql / dt):
     # the goal (hindsight collection goal in training) instead of the paper's (observation, reward) only
     "bc-goal": ("bc", ["--goal_input", "true"]),

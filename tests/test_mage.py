@@ -279,6 +279,31 @@ def test_a_learnt_return_target_replaces_the_fixed_one():
         mage.load_data(dataclasses.replace(cfg, return_condition=False), torch.device("cpu"))
 
 
+def test_a_state_only_head_reads_the_state_columns_of_every_condition_layout_and_ignores_the_rest():
+    device = torch.device("cpu")
+    for return_condition in (True, False):  # (R_t, s_t, g) and (s_t, g)
+        cfg = mage.TrainConfig(**SMALL, **TINY_DATA, return_condition=return_condition, head_condition="state")
+        data = mage.load_data(cfg, device)
+        batch = data.buffer.sample(8)
+        cols = mage.state_columns(cfg, 1 + data.obs_dim, data.cond_dim)
+        assert torch.equal(batch["cond"][:, 0, cols], batch["x"][:, 0, 1:])  # exactly s_t, as load_data builds it
+        torch.manual_seed(0)
+        model = mage.MAGE(cfg, 1 + data.obs_dim, data.cond_dim, data.act_dim)
+        z, cond = torch.randn(8, cfg.horizon // cfg.patch, cfg.code_dim), batch["cond"][:, 0]
+        other = cond.clone()
+        other[:, :cols.start] += 1.0  # another R (where there is one)
+        other[:, cols.stop:] += 1.0  # another goal
+        assert torch.equal(model.inverse(z, cond), model.inverse(z, other))
+        moved = cond.clone()
+        moved[:, cols] += 1.0
+        assert not torch.allclose(model.inverse(z, cond), model.inverse(z, moved))
+        full = mage.MAGE(dataclasses.replace(cfg, head_condition="all"), 1 + data.obs_dim, data.cond_dim, data.act_dim)
+        assert not torch.allclose(full.inverse(z, cond), full.inverse(z, other))  # the default head sees the goal
+    assert mage.state_columns(cfg, 5, 5) == slice(1, 5)  # reward tasks: (R_t, s_t)
+    with pytest.raises(mage.RunError, match="head_condition must be 'all' or 'state'"):
+        mage.MAGE(dataclasses.replace(cfg, head_condition="goal"), 1 + data.obs_dim, data.cond_dim, data.act_dim)
+
+
 def test_one_training_writes_the_maze2d_and_multi2d_results_of_the_same_policy(tmp_path):
     """--also_evaluate (benchmarks/run.py's twin runs): the policy trained on maze2d-umaze is also evaluated on
     multi2d-umaze (same data, random goals) and that result is written as multi2d-umaze's, refused up front when
