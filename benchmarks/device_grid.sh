@@ -48,6 +48,9 @@ export TORCHINDUCTOR_CACHE_DIR=${TORCHINDUCTOR_CACHE_DIR:-/tmp/inductor-cache}
 INDUCTOR_CACHE=${INDUCTOR_CACHE:-.inductor}  # the carried folder of a packed cache (git-ignored)
 MAZES="maze2d-umaze maze2d-medium maze2d-large"
 TASKS="$MAZES multi2d-umaze multi2d-medium multi2d-large"
+# the embedded dataset a task trains on: multi2d-X on maze2d-X's, antmaze-large / -medium on the -diverse ones
+data_of() { case $1 in multi2d-*) echo "maze2d-${1#*-}";; antmaze-large|antmaze-medium) echo "$1-diverse";;
+  *) echo "$1";; esac; }
 # the grids' processes; bracketed so that it never matches a shell whose command line names it (the device tool's)
 GRID_PROC="[b]enchmarks/run\.py"
 
@@ -132,18 +135,19 @@ if [ "$CMD" = start ]; then
   declare -A gen  # dataset -> its generator's pid (wait for these only: a bare `wait` would also wait for any
   # detached child started before it)
   # only the datasets the selected tasks train on (multi2d-X trains on maze2d-X's data)
+  # (antmaze-large / -medium / -umaze configs train on the -diverse / -diverse / plain datasets: data_of)
   NEED=$(for t in ${GRID_TASKS:-$TASKS} $([ -n "${ABLATIONS-x}" ] && echo "${ABL_TASKS:-maze2d-large}"); do
-    echo "maze2d-${t#*-}"; done | sort -u)
+    data_of "$t"; done | sort -u)
   W=$(( $(nproc) / $(echo $NEED | wc -w) )); [ "$W" -gt 0 ] || W=1  # the host's cores shared by the datasets
   for t in $NEED ${WARMUP_MAGE:-}; do
-    d="maze2d-${t#*-}"; [ -n "${gen[$d]:-}" ] && continue
+    d=$(data_of "$t"); [ -n "${gen[$d]:-}" ] && continue
     python3 -m shared.datasets generate "$d" --workers $W > "/tmp/gen-$d.log" 2>&1 & gen[$d]=$!
   done
   wait_data() { wait "${gen[$1]}" || { tail -n 3 "/tmp/gen-$1.log"; echo "dataset generation ($1) failed"; exit 1; }
     echo "dataset $1 ready at +$(( $(date +%s) - T0 )) s"; }
   for t in ${WARMUP_MAGE:-}; do  # fill the compile cache first: 3 steps a stage compile the same graphs as 20,000;
     # it runs as soon as its own dataset is there, while the others are still generated
-    d="maze2d-${t#*-}"; [ -n "${gen[$d]:-}" ] && { wait_data "$d"; unset "gen[$d]"; }
+    d=$(data_of "$t"); [ -n "${gen[$d]:-}" ] && { wait_data "$d"; unset "gen[$d]"; }
     T1=$(date +%s)
     python3 algorithms/mage.py --config "configs/mage/$t.yaml" --ae_steps 3 --tf_steps 3 --e2e_steps 3 \
       --warmup_steps 1 --eval_every 0 --eval_episodes 1 --num_eval_envs 1 --out_dir /tmp/warmup \

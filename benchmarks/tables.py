@@ -54,7 +54,9 @@ PARTIAL_WALL_COMMITS = ("2c218c5", "b4c318c")
 GROUPS = (
     ("maze2d", "Maze2D (fixed goal)", ("maze2d-umaze", "maze2d-medium", "maze2d-large")),
     ("multi2d", "Multi2D (random goals)", ("multi2d-umaze", "multi2d-medium", "multi2d-large")),
-    ("antmaze", "AntMaze", ()),
+    ("antmaze", "AntMaze (regenerated with D4RL's recipe, not D4RL's files)",
+     ("antmaze-umaze", "antmaze-umaze-diverse", "antmaze-medium-play", "antmaze-medium-diverse", "antmaze-large-play",
+      "antmaze-large-diverse")),
     ("locomotion", "MuJoCo locomotion", ()),
     ("minari", "Minari datasets (Minari's regenerations, not D4RL's data)", ()),  # never mixed with D4RL/embedded
     ("other", "Other tasks", ()),
@@ -89,6 +91,9 @@ PAPER = {
         "paper: MAGE (D4RL original data)": {"average": 155.0},
         "paper: Diffuser": {"umaze": 128.9, "medium": 127.2, "large": 132.1},
         "paper: HD": {"umaze": 144.1, "medium": 140.2, "large": 165.5},
+    },
+    "antmaze": {
+        "paper: MAGE (D4RL original data)": {"average": 89.7},  # over D4RL's six antmaze-v2 datasets
     },
 }
 
@@ -164,7 +169,7 @@ def group_of(task: str) -> str:
 
 
 def size_of(task: str) -> Optional[str]:
-    m = re.fullmatch(r"(?:maze2d|multi2d)-(umaze|medium|large)(?:-v\d+)?", task)
+    m = re.fullmatch(r"(?:maze2d|multi2d|antmaze)-(umaze|medium|large)(?:-play|-diverse)?(?:-v\d+)?", task)
     return m.group(1) if m else None
 
 
@@ -858,9 +863,10 @@ def build(results_dir: Path, out: Path, readme: Optional[Path], plots_dir: Path,
         if not tasks:
             continue
         goal_names = order_variants([n for n in present & protocol if any((n, t) in cells for t in tasks)], variants)
-        # a base algorithm whose -goal variant has results here gets its column too ("not run" until it has some)
+        # a base algorithm whose -goal variant has results here gets its column too ("not run" until it has some), and
+        # a group with canonical tasks shows every algorithm (what is still to run is visible)
         names = order_names({n for n in base_names if any((n, t) in cells for t in tasks)}
-                            | {variants[n][0] for n in goal_names})
+                            | {variants[n][0] for n in goal_names} | (set(ALGO_ORDER) if canonical else set()))
         table = score_table(group, tasks, names, cells, collector=collector) + [""] + inputs_lines(tasks, names,
                                                                                                   variants)
         md += [f"## {title}", ""]

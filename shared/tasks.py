@@ -266,8 +266,8 @@ INPUTS = {
     ("dt", False): "observation + return-to-go of the task's reward (CORL's DT)",
     ("diffuser", True): "observation; the goal inpainted at the plan's end",
     ("diffuser", False): "observation; value guidance from the task's reward",
-    ("mage", True): "observation + goal as the condition (maze configs: + the goal-reaching return R, each plan "
-                     "asking for its learnt 0.9-expectile given (s, g))",
+    ("mage", True): "observation + goal as the condition (maze and antmaze configs: + the goal-reaching return R, "
+                     "each plan asking for its learnt 0.9-expectile given (s, g))",
     ("mage", False): "observation + return-to-go as the condition",
 }
 
