@@ -107,7 +107,8 @@ def load_data(config: TrainConfig, device: torch.device, obs_norm: Optional[Norm
     data, info = load_dataset(task, dataset_path=config.dataset_path, size=config.dataset_size,
                               seed=config.dataset_seed)
     obs, actions = data["observations"].astype(np.float32), data["actions"].astype(np.float32)
-    bounds = split_trajectories(data["terminals"], data["timeouts"])
+    goals = data["infos/goal"].astype(np.float32) if with_goal else None
+    bounds = split_trajectories(data["terminals"], data["timeouts"], goals)  # with the goal: one walk to it each
     check_data_fits(config, bounds)  # e.g. a dataset_size too small for the horizon: one line, before training
     obs_norm = obs_norm or Normalizer.fit(obs)
     timesteps = np.zeros(len(obs), np.int64)
@@ -115,7 +116,6 @@ def load_data(config: TrainConfig, device: torch.device, obs_norm: Optional[Norm
         timesteps[start:end] = np.arange(end - start)
     fields = {"states": obs_norm.normalize(obs).astype(np.float32), "actions": actions, "timesteps": timesteps}
     if with_goal:
-        goals = data["infos/goal"].astype(np.float32)
         radius = goal_radius(task) if config.goal_radius is None else config.goal_radius
         rtg = goal_returns_to_go(obs[:, :2], goals, bounds, radius=radius, discount=config.discount)
         fields["goals"] = obs_norm.goal().normalize(goals).astype(np.float32)

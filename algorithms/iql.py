@@ -125,7 +125,8 @@ def load_data(config: TrainConfig, device: torch.device, obs_norm: Optional[Norm
     data, info = load_dataset(task, dataset_path=config.dataset_path, size=config.dataset_size,
                               seed=config.dataset_seed)
     obs, actions = data["observations"].astype(np.float32), data["actions"].astype(np.float32)
-    bounds = split_trajectories(data["terminals"], data["timeouts"])
+    goals = data["infos/goal"].astype(np.float32) if with_goal else None
+    bounds = split_trajectories(data["terminals"], data["timeouts"], goals)  # with the goal: one walk to it each
     check_data_fits(config, bounds)  # e.g. a dataset_size too small for the horizon: one line, before training
     obs_norm = obs_norm or Normalizer.fit(obs)
     n = len(obs)
@@ -135,7 +136,7 @@ def load_data(config: TrainConfig, device: torch.device, obs_norm: Optional[Norm
         traj_last = np.zeros(n, np.int64)
         for start, end in bounds:
             traj_last[start:end] = end - 1
-        fields.update(pos=obs[:, :2], goal=data["infos/goal"].astype(np.float32), traj_last=traj_last)
+        fields.update(pos=obs[:, :2], goal=goals, traj_last=traj_last)
         probs = (config.p_data_goal, config.p_future_goal, config.p_random_goal)
         if min(probs) < 0 or abs(sum(probs) - 1.0) > 1e-6:
             raise RunError(f"p_data_goal, p_future_goal, p_random_goal must be >= 0 and sum to 1, got {probs}")

@@ -163,13 +163,14 @@ def load_data(config: TrainConfig, device: torch.device) -> TrajectoryData:
     data, info = load_dataset(task, dataset_path=config.dataset_path, size=config.dataset_size,
                               seed=config.dataset_seed)
     obs, actions = data["observations"].astype(np.float32), data["actions"].astype(np.float32)
-    bounds = split_trajectories(data["terminals"], data["timeouts"])
+    # (choice) hindsight goal = the goal the data collector was driving to; R = discount^(steps to reach it); a
+    # trajectory is one walk to one goal (antmaze's terminals at the evaluation goal do not end it)
+    goals = data["infos/goal"].astype(np.float32) if task.goal_conditioned else None
+    bounds = split_trajectories(data["terminals"], data["timeouts"], goals)
     check_data_fits(config, bounds)  # e.g. a dataset_size too small for the horizon: one line, before training
     obs_norm = Normalizer.fit(obs)
     s = obs_norm.normalize(obs)
     if task.goal_conditioned:
-        # (choice) hindsight goal = the goal the data collector was driving to; R = discount^(steps to reach it)
-        goals = data["infos/goal"].astype(np.float32)
         rtg = goal_returns_to_go(obs[:, :2], goals, bounds, radius=goal_radius(task), discount=config.discount)
         goal_n = obs_norm.goal().normalize(goals)
     else:

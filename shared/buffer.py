@@ -13,9 +13,20 @@ import numpy as np
 import torch
 
 
-def split_trajectories(terminals: np.ndarray, timeouts: np.ndarray) -> np.ndarray:
-    """[n, 2] array of (start, end) index pairs, end exclusive; a trajectory ends at a terminal or timeout."""
-    done = np.logical_or(np.asarray(terminals, bool), np.asarray(timeouts, bool))
+def split_trajectories(terminals: np.ndarray, timeouts: np.ndarray, goals: Optional[np.ndarray] = None) -> np.ndarray:
+    """[n, 2] array of (start, end) index pairs, end exclusive; a trajectory ends at a terminal or timeout.
+
+    With ``goals`` (the collector's commanded goal per step, for hindsight goal relabelling) a terminal ends a
+    trajectory only where the goal changes after it: D4RL's antmaze marks every step at the *evaluation* goal
+    terminal while the collector walks on towards its own goal (antmaze-umaze: every step after arrival, which
+    would cut the data into thousands of one-step trajectories), and those steps do not end the walk."""
+    terminals = np.asarray(terminals, bool)
+    if goals is not None and len(terminals):
+        goals = np.asarray(goals).reshape(len(terminals), -1)
+        changes = np.ones(len(terminals), bool)
+        changes[:-1] = np.any(goals[1:] != goals[:-1], axis=1)
+        terminals = terminals & changes
+    done = np.logical_or(terminals, np.asarray(timeouts, bool))
     ends = np.flatnonzero(done) + 1
     if len(done) and (len(ends) == 0 or ends[-1] != len(done)):
         ends = np.append(ends, len(done))  # the last, unfinished trajectory

@@ -125,6 +125,20 @@ def test_reward_labels_are_the_eval_envs(umaze_slice):
     assert [goal_input(task.name, a) for a in ("bc", "iql", "dt", "diffuser", "mage")] == [0, 0, 0, 0, 1]
 
 
+def test_mage_trains_on_whole_walks_despite_the_terminals_at_the_evaluation_goal(umaze_slice):
+    """D4RL's antmaze marks every step at the evaluation goal terminal; on antmaze-umaze (the collector's goal is that
+    goal) that is most steps after arrival. MAGE relabels with the collector's goal, so its trajectories are the two
+    1,000-step walks, not hundreds of one-step pieces."""
+    import torch
+    _, arrays = umaze_slice
+    assert arrays["terminals"].sum() > 100
+    mage = load_algorithm("mage")
+    cfg = mage.TrainConfig(task="antmaze-umaze", dataset_size=SIZE, horizon=16, patch=2, scales=[1, 2, 4, 8],
+                           device="cpu", wandb_mode="disabled")
+    data = mage.load_data(cfg, torch.device("cpu"))
+    assert data.buffer.num_trajectories == SIZE // antmaze.EPISODE_STEPS
+
+
 @pytest.mark.parametrize("name", list(antmaze.VARIANTS))
 def test_d4rl_start_and_goal_rules(name):
     maze, start_rule, goal_rule = antmaze.VARIANTS[name]

@@ -45,6 +45,29 @@ def test_split_covers_every_index_once_and_ends_at_every_terminal_or_timeout(fla
         assert done[e - 1] or e == n
 
 
+@SETTINGS
+@given(episode_flags(), st.integers(0, 2**31 - 1))
+def test_split_with_goals_ends_at_timeouts_and_goal_switches_never_at_a_terminal_on_the_way(flags, seed):
+    """Hindsight goal use (MAGE, dt/iql with the goal): a trajectory is one walk to one commanded goal; a terminal
+    (antmaze: a step at the evaluation goal) ends it only where the goal changes next."""
+    terminals, timeouts = flags
+    n = len(terminals)
+    goal_id = np.cumsum(np.random.default_rng(seed).random(n) < 0.3)  # runs of one commanded goal
+    goals = np.stack([goal_id, -goal_id], axis=1).astype(np.float32)
+    bounds = split_trajectories(terminals, timeouts, goals)
+    covered = np.concatenate([np.arange(s, e) for s, e in bounds])
+    assert covered.tolist() == list(range(n))
+    switch = np.r_[np.any(goals[1:] != goals[:-1], axis=1), True]
+    expected_done = timeouts | (terminals & switch)
+    for s, e in bounds:
+        assert not expected_done[s:e - 1].any()
+        assert expected_done[e - 1] or e == n
+    assert set(np.flatnonzero(expected_done).tolist()) <= set((bounds[:, 1] - 1).tolist())
+    same_goal = np.zeros((n, 2))  # one goal all along: only timeouts end trajectories
+    assert np.array_equal(split_trajectories(terminals, timeouts, same_goal),
+                          split_trajectories(np.zeros(n, bool), timeouts))
+
+
 def _brute_rtg(rewards, bounds, discount):
     out = np.zeros(len(rewards))
     for s, e in bounds:
