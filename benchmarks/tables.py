@@ -863,10 +863,9 @@ def build(results_dir: Path, out: Path, readme: Optional[Path], plots_dir: Path,
         if not tasks:
             continue
         goal_names = order_variants([n for n in present & protocol if any((n, t) in cells for t in tasks)], variants)
-        # a base algorithm whose -goal variant has results here gets its column too ("not run" until it has some), and
-        # a group with canonical tasks shows every algorithm (what is still to run is visible)
+        # a base algorithm whose -goal variant has results here gets its column too ("not run" until it has some)
         names = order_names({n for n in base_names if any((n, t) in cells for t in tasks)}
-                            | {variants[n][0] for n in goal_names} | (set(ALGO_ORDER) if canonical else set()))
+                            | {variants[n][0] for n in goal_names})
         table = score_table(group, tasks, names, cells, collector=collector) + [""] + inputs_lines(tasks, names,
                                                                                                   variants)
         md += [f"## {title}", ""]
