@@ -185,7 +185,8 @@ def test_captured_steps_give_the_eager_losses(algo):
 
 
 @pytest.mark.skipif(not CUDA, reason="CUDA graphs need a CUDA device")
-def test_captured_plan_gives_the_eager_actions():
+@pytest.mark.parametrize("inductor", [False, True])
+def test_captured_plan_gives_the_eager_actions(inductor):
     device = torch.device("cuda")
     config = mage.TrainConfig(**SMALL_MAGE, device="cuda")
     data = mage.load_data(config, device)
@@ -194,7 +195,24 @@ def test_captured_plan_gives_the_eager_actions():
     obs, goals = torch.randn(5, data.obs_dim).numpy(), torch.randn(5, 2).numpy()
     actions = []
     for compile in (False, True):
-        policy = mage.MagePolicy(model, data, dataclasses.replace(config, compile=compile), device)
+        policy = mage.MagePolicy(model, data, dataclasses.replace(config, compile=compile, inductor=inductor), device)
         policy.reset(goals)
         actions.append([policy.act(obs, obs[:, 0] * 0) for _ in range(3)])
     assert all(abs(a - b).max() < 1e-4 for a, b in zip(*actions))
+
+
+def test_the_plan_traces_as_one_graph_and_gives_the_eager_actions():
+    """What ``inductor`` fuses at evaluation (MagePolicy._plan_actions, the K-pass generation and the head) traces
+    without a graph break, so a fused plan is one kernel schedule inside its CUDA graph; checked on the CPU with the
+    tracing backend (inductor's own code generation is exercised on the GPU)."""
+    torch._dynamo.reset()
+    config = mage.TrainConfig(**{**SMALL_MAGE, "dataset_size": 5_000}, device="cpu", return_condition=True,
+                              return_target_expectile=0.9)
+    data = mage.load_data(config, torch.device("cpu"))
+    torch.manual_seed(0)
+    model = mage.MAGE(config, 1 + data.obs_dim, data.cond_dim, data.act_dim).eval()
+    policy = mage.MagePolicy(model, data, config, torch.device("cpu"))
+    cond = data.buffer.sample(6)["cond"][:, 0]
+    with torch.no_grad():
+        traced = torch.compile(policy._plan_actions, backend="eager", fullgraph=True)(cond)
+        assert torch.allclose(traced, policy._plan_actions(cond), atol=1e-6)
