@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The benchmark grid on one multi-GPU host, in the device tool's 10-minute calls (works on any CUDA host).
-#   bash benchmarks/device_grid.sh start GPUS [SECONDS]   datasets, MPS, start both grids detached, watch SECONDS
+#   bash benchmarks/device_grid.sh start GPUS [SECONDS]   copy the tree, then detached: datasets, MPS, both grids;
+#                                                         watch SECONDS (a slow dataset goes on after the call)
 #   bash benchmarks/device_grid.sh watch [SECONDS]        watch, then pack results, logs and metrics into $OUT
 #   bash benchmarks/device_grid.sh stop                   stop the grids and their runs, and the MPS daemon (the GPU
 #                                                         free for a measurement; results written so far stay)
@@ -53,6 +54,7 @@ data_of() { case $1 in multi2d-*) echo "maze2d-${1#*-}";; antmaze-large|antmaze-
   *) echo "$1";; esac; }
 # the grids' processes; bracketed so that it never matches a shell whose command line names it (the device tool's)
 GRID_PROC="[b]enchmarks/run\.py"
+LAUNCH_PROC="[d]evice_grid\.sh launch"  # start's detached preparation
 
 # The compile cache into $OUT: xz (the cache is mostly text: generated code and Triton IR; gzip left 58 MB of it),
 # split into 15 MB parts; what it holds (MB per kind of file) goes to the log, and over 45 MB (the room left beside
@@ -81,7 +83,10 @@ pack_cache() {
 
 watch() {
   local end=$(( $(date +%s) + ${1:-540} ))
-  while [ "$(date +%s)" -lt $end ] && pgrep -f "$GRID_PROC" > /dev/null; do sleep 10; done
+  while [ "$(date +%s)" -lt $end ] && { pgrep -f "$GRID_PROC" || pgrep -f "$LAUNCH_PROC"; } > /dev/null; do
+    sleep 10; done
+  pgrep -f "$LAUNCH_PROC" > /dev/null && echo "still preparing (datasets, warm-up):"
+  cat /tmp/launch.log 2>/dev/null  # cache, datasets, warm-up, grids started (or why not)
   cat /tmp/grid-*.log > /tmp/grid-all.log 2>/dev/null
   echo "started $(grep -c '^start' /tmp/grid-all.log), done $(grep -c '^done' /tmp/grid-all.log)"
   grep "FAILED\|finished" /tmp/grid-all.log
@@ -113,17 +118,25 @@ PY
 }
 
 if [ "$CMD" = stop ]; then  # bracketed patterns (GRID_PROC): a plain one would also match the calling shell
-  pkill -f "$GRID_PROC"; pkill -f "[a]lgorithms/[a-z]*\.py"; sleep 3
+  pkill -f "$LAUNCH_PROC"; pkill -f "$GRID_PROC"; pkill -f "[a]lgorithms/[a-z]*\.py"; sleep 3
   echo quit | nvidia-cuda-mps-control 2> /dev/null; echo "grids stopped"
   exit 0
 fi
 
 if [ "$CMD" = start ]; then
-  GPUS=${2:-0}
   T0=$(date +%s)
   # the runs start from a copy of the tree: the device tool re-syncs the checkout before each call
   rm -rf /tmp/tree && mkdir -p /tmp/tree && tar cf - --exclude=./.whl . | tar xf - -C /tmp/tree \
     && cd /tmp/tree || exit 1
+  # the rest (cache, datasets, warm-up, grids) runs detached, so that datasets or compiles slower than the call do
+  # not die with it (2026-12-07: a call's time limit killed three dataset generations at 75-88%, before any run had
+  # started); `watch` follows it and prints its log
+  setsid nohup bash benchmarks/device_grid.sh launch "${2:-0}" > /tmp/launch.log 2>&1 < /dev/null &
+  sleep 5
+  watch $(( ${3:-540} - ($(date +%s) - T0) ))
+elif [ "$CMD" = launch ]; then  # started by `start`, in /tmp/tree
+  GPUS=${2:-0}
+  T0=$(date +%s)
   c="$INDUCTOR_CACHE/inductor-cache.tar.xz"
   parts=$(ls "$c" 2>/dev/null || ls "$c".part* 2>/dev/null)
   if [ -n "$parts" ]; then  # a carried compile cache (see the header)
@@ -186,8 +199,8 @@ if [ "$CMD" = start ]; then
     --seeds ${GRID_SEEDS:-0 1 2}
   [ -n "${ABLATIONS-x}" ] && grid ablation --per-gpu "${ABL_PER_GPU:-3}" \
     --algos ${ABLATIONS:-mage-k1 mage-nodeccond} --tasks ${ABL_TASKS:-maze2d-large} --seeds ${ABL_SEEDS:-0 1 2}
-  sleep 5
-  watch $(( ${3:-540} - ($(date +%s) - T0) ))
+  echo "grids started at +$(( $(date +%s) - T0 )) s"
+  sleep 5  # the grids' processes exist before the launcher ends (watch waits for either)
 else
   watch "${2:-540}"
 fi
