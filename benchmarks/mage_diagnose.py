@@ -88,11 +88,11 @@ def plan_accuracy(model, data, segments: int, seed: int) -> None:
               f"mean |a| {act.abs().mean():.2f}")
 
 
-def refit_head(model, data, config, head_condition: str, steps: int, seed: int, pool: int = 32768) -> None:
+def refit_head(model, data, config, head_condition: str, steps: int, seed: int, pool: int = 32768) -> float:
     """Replace the inverse-dynamics head by a fresh one that sees ``head_condition`` ("all" of the condition, or the
     "state" alone; TrainConfig.head_condition) and fit it alone, everything else frozen, on the argmax generated
     latents of ``pool`` training segments (what the head acts on at evaluation): does the same model, with a head
-    that cannot see the goal, act differently?"""
+    that cannot see the goal, act differently? Returns the refitted head's L_inv on those latents."""
     torch.manual_seed(seed)
     x_dim = 1 + data.obs_dim
     cols = mage.state_columns(config, x_dim, data.cond_dim) if head_condition == "state" else slice(None)
@@ -120,6 +120,7 @@ def refit_head(model, data, config, head_condition: str, steps: int, seed: int, 
     print(f"head refitted ({head_condition}: condition columns {cols}) in {steps} steps on {len(f)} generated "
           f"latents: L_inv {fit:.3f}")
     model.inverse = head.eval()
+    return float(fit)
 
 
 def plot_rollouts(task_name: str, policy, episodes: int, seed: int, out: Path):

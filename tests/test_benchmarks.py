@@ -763,6 +763,31 @@ def test_slim_wheels_drops_only_the_unused_assets_and_their_record_lines(tmp_pat
     assert slim.main([str(tmp_path / "empty")]) == 2 and "no gymnasium_robotics wheel" in capsys.readouterr().err
 
 
+def test_refit_head_fits_a_head_without_the_goal_on_generated_latents():
+    """mage_diagnose --refit-head state: a fresh head that sees s_t only, fitted alone on the model's generated
+    latents; it learns (its L_inv falls with steps), ignores the goal, and leaves the rest of the model as it was."""
+    import torch
+
+    diagnose = load_script("mage_diagnose")
+    mage = diagnose.mage
+    config = mage.TrainConfig(horizon=16, patch=2, scales=[1, 2, 4, 8], codebook_size=32, code_dim=8, ae_channels=16,
+                              ae_blocks=1, d_model=32, n_layers=1, n_heads=2, batch_size=64, task="maze2d-umaze",
+                              dataset_size=30_000, device="cpu", return_condition=True, wandb_mode="disabled")
+    data = mage.load_data(config, torch.device("cpu"))
+    torch.manual_seed(0)
+    model = mage.MAGE(config, 1 + data.obs_dim, data.cond_dim, data.act_dim).eval()
+    transformer = {k: v.clone() for k, v in model.transformer.state_dict().items()}
+    untrained = diagnose.refit_head(model, data, config, "state", steps=0, seed=0, pool=2048)
+    fitted = diagnose.refit_head(model, data, config, "state", steps=300, seed=0, pool=2048)
+    assert fitted < 0.8 * untrained, (untrained, fitted)
+    assert all(torch.equal(v, model.transformer.state_dict()[k]) for k, v in transformer.items())
+    z = torch.randn(4, config.horizon // config.patch, config.code_dim)
+    cond = data.buffer.sample(4)["cond"][:, 0]
+    other_goal = cond.clone()
+    other_goal[:, -2:] += 1.0
+    assert torch.equal(model.inverse(z, cond), model.inverse(z, other_goal))
+
+
 def test_the_stall_probe_tells_a_plan_through_a_wall_from_one_around_it():
     from shared.mazes import cell_to_xy, maze_map
     from shared.tasks import get_task
