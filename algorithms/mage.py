@@ -550,19 +550,23 @@ class MultiScaleTransformer(nn.Module):
         return f_hat, idx_list
 
 
+def inverse_head(config: TrainConfig, x_dim: int, cond_dim: int, act_dim: int) -> LatentInverseDynamics:
+    """The latent inverse-dynamics head, seeing the columns of the condition that ``head_condition`` names."""
+    cols = state_columns(config, x_dim, cond_dim) if config.head_condition == "state" else slice(None)
+    return LatentInverseDynamics(config.code_dim, config.horizon // config.patch, cond_dim, act_dim, cond_cols=cols)
+
+
 # ============================================================================ (3) MAGE = the three parts together
 class MAGE(nn.Module):
     def __init__(self, config: TrainConfig, x_dim: int, cond_dim: int, act_dim: int) -> None:
         super().__init__()
         check_shapes(config)
-        L = config.horizon // config.patch
         self.decoder_condition = config.decoder_condition
         self.encoder = TrajectoryEncoder(x_dim, config.ae_channels, config.code_dim, config.patch, config.ae_blocks)
         self.vq = MultiScaleVQ(config.scales, config.codebook_size, config.code_dim, config.beta, config.phi_ratio)
         self.decoder = ConditionGuidedDecoder(x_dim, config.ae_channels, config.code_dim, cond_dim, config.patch,
                                               config.ae_blocks, config.adapter_dim)
-        head_cols = state_columns(config, x_dim, cond_dim) if config.head_condition == "state" else slice(None)
-        self.inverse = LatentInverseDynamics(config.code_dim, L, cond_dim, act_dim, cond_cols=head_cols)
+        self.inverse = inverse_head(config, x_dim, cond_dim, act_dim)
         self.transformer = MultiScaleTransformer(config.scales, config.codebook_size, config.code_dim, cond_dim,
                                                  config.d_model, config.n_layers, config.n_heads, config.dropout)
         self.return_target = ReturnTarget(cond_dim - 1) if config.return_target_expectile > 0 else None

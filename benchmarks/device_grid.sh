@@ -154,10 +154,9 @@ elif [ "$CMD" = launch ]; then  # started by `start`, in /tmp/tree
   # maze2d datasets in parallel, the host's cores shared among them; antmaze ones one after another in one chain,
   # each with every core: three at once (5 workers each, beside maze2d-large) ran at ~1,300-2,000 transitions/s each
   # and were not done after 10 minutes, while antmaze-umaze alone with 6 workers took 123 s (H100 host, 2026-12-07)
-  MAZE_NEED=$(for d in $NEED $(for t in ${WARMUP_MAGE:-}; do data_of "$t"; done); do
-    case $d in antmaze-*) ;; *) echo "$d";; esac; done | sort -u)
-  ANT_NEED=$(for d in $NEED $(for t in ${WARMUP_MAGE:-}; do data_of "$t"; done); do
-    case $d in antmaze-*) echo "$d";; esac; done | sort -u)
+  ALL_NEED=$(for d in $NEED $(for t in ${WARMUP_MAGE:-}; do data_of "$t"; done); do echo "$d"; done | sort -u)
+  MAZE_NEED=$(echo "$ALL_NEED" | grep -v '^antmaze-')
+  ANT_NEED=$(echo "$ALL_NEED" | grep '^antmaze-')
   W=$(( $(nproc) / ($(echo $MAZE_NEED | wc -w) + $([ -n "$ANT_NEED" ] && echo 1 || echo 0)) ))
   [ "$W" -gt 0 ] || W=1
   for d in $MAZE_NEED; do

@@ -94,10 +94,8 @@ def refit_head(model, data, config, head_condition: str, steps: int, seed: int, 
     latents of ``pool`` training segments (what the head acts on at evaluation): does the same model, with a head
     that cannot see the goal, act differently? Returns the refitted head's L_inv on those latents."""
     torch.manual_seed(seed)
-    x_dim = 1 + data.obs_dim
-    cols = mage.state_columns(config, x_dim, data.cond_dim) if head_condition == "state" else slice(None)
-    head = mage.LatentInverseDynamics(config.code_dim, config.horizon // config.patch, data.cond_dim, data.act_dim,
-                                      cond_cols=cols).to(next(model.parameters()).device)
+    head = mage.inverse_head(dataclasses.replace(config, head_condition=head_condition), 1 + data.obs_dim,
+                             data.cond_dim, data.act_dim).to(next(model.parameters()).device)
     latents, conds, actions, masks = [], [], [], []
     with torch.no_grad():
         for _ in range(pool // 1024):
@@ -117,8 +115,8 @@ def refit_head(model, data, config, head_condition: str, steps: int, seed: int, 
         sched.step()
     with torch.no_grad():
         fit = mage.masked_mse(head(f, cond), act, mask)
-    print(f"head refitted ({head_condition}: condition columns {cols}) in {steps} steps on {len(f)} generated "
-          f"latents: L_inv {fit:.3f}")
+    print(f"head refitted ({head_condition}: condition columns {head.cond_cols}) in {steps} steps on {len(f)} "
+          f"generated latents: L_inv {fit:.3f}")
     model.inverse = head.eval()
     return float(fit)
 

@@ -8,7 +8,8 @@ minus ".metrics.jsonl". The figure has four panels over the training step: (a) e
 black, (c) stage-2 token accuracy per scale, (d) L_inv (tf/inv in stage 2, e2e/inv in stage 3). Thin vertical
 lines mark the stage boundaries: the first step with tf/ keys (transformer) and with e2e/ keys (end to end).
 Training curves are smoothed by a centred moving average of a few logged points; evaluation points are also
-drawn raw. A file without usable rows is an error (exit 2) and nothing is written.
+drawn raw. A file without usable rows is an error (exit 2) and nothing is written. For each run with two or more
+in-training evaluations it also prints where the wall time went, from the rows' timestamps (``evaluation_timing``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import json
 import math
 import re
+import statistics
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -78,6 +80,28 @@ def read_metrics(path: Path) -> Series:
         raise CurvesError(f"{path}: no usable rows (no JSON line with a numeric 'step' and an eval/, tf/ or e2e/ "
                           "metric this figure plots)")
     return {k: sorted(d.items()) for k, d in by_key.items()}
+
+
+def evaluation_timing(path: Path) -> Optional[dict]:
+    """Seconds of one in-training evaluation (its row's time minus that of the training row of the same step) and
+    training steps/s between two evaluations (an evaluation's row to the training row of the next one's step),
+    medians over the run; None with fewer than two evaluations that have a training row at their step."""
+    train: dict[int, float] = {}
+    evals: dict[int, float] = {}
+    for line in Path(path).read_text(errors="replace").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(row, dict) or _number(row.get("step")) is None or _number(row.get("time")) is None:
+            continue
+        (evals if EVAL_KEY in row else train)[int(row["step"])] = float(row["time"])
+    steps = sorted(s for s in evals if s in train)
+    rates = [(b - a) / (train[b] - evals[a]) for a, b in zip(steps, steps[1:]) if train[b] > evals[a]]
+    if not rates:
+        return None
+    return {"evaluations": len(steps), "eval_s": statistics.median(evals[s] - train[s] for s in steps),
+            "train_steps_per_s": statistics.median(rates)}
 
 
 def stage_boundaries(series: Series) -> list[tuple[str, int]]:
@@ -207,6 +231,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     except CurvesError as e:
         print(f"training_curves.py: error: {e}", file=sys.stderr)
         return 2
+    for label, path in zip(runs, args.files):
+        if (timing := evaluation_timing(path)) is not None:
+            print(f"{label}: {timing['evaluations']} evaluations, {timing['eval_s']:.1f} s each, "
+                  f"{timing['train_steps_per_s']:.1f} training steps/s between them (medians)")
     from shared.utils import atomic_write_bytes
 
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 curves = load_script(ROOT / "benchmarks" / "training_curves.py", "benchmarks_training_curves")
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+EVAL = "eval/normalized_score"
 
 
 def write_log(path: Path, seed: int) -> Path:
@@ -50,3 +51,19 @@ def test_unusable_log_is_exit_2_and_writes_nothing(tmp_path, capsys):
         err = capsys.readouterr().err
         assert str(bad) in err and err.count("\n") == 1
         assert not out.exists() and list(tmp_path.glob("*.png")) == []
+
+
+def test_the_wall_time_between_and_of_evaluations_comes_from_the_rows_timestamps(tmp_path, capsys):
+    rows = []
+    for k in range(4):  # 100 training steps in 2 s, then an evaluation of 5 s, four times
+        t0 = 7.0 * k
+        rows.append({"step": 100 * (k + 1), "time": t0 + 2.0, "tf/ce": 2.0})
+        rows.append({"step": 100 * (k + 1), "time": t0 + 7.0, EVAL: 50.0})
+    path = tmp_path / "run.metrics.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    timing = curves.evaluation_timing(path)
+    assert timing == {"evaluations": 4, "eval_s": 5.0, "train_steps_per_s": 50.0}
+    assert curves.main([str(path), "--out", str(tmp_path / "c.png")]) == 0
+    assert "run: 4 evaluations, 5.0 s each, 50.0 training steps/s between them" in capsys.readouterr().out
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows[:2]))
+    assert curves.evaluation_timing(path) is None  # one evaluation: nothing between two
