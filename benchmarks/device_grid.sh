@@ -167,15 +167,18 @@ elif [ "$CMD" = launch ]; then  # started by `start`, in /tmp/tree
        || exit 1; done) & for d in $ANT_NEED; do gen[$d]=$!; done
   fi
   declare -A waited  # the antmaze chain's pid stands for several datasets: wait for it once
-  wait_data() { local pid=${gen[$1]}
+  wait_data() { local pid=${gen[$1]:-}
+    [ -n "$pid" ] || return 0  # none generated here (e.g. waited for before the warm-up)
     if [ -z "${waited[$pid]:-}" ]; then
       wait "$pid" || { tail -n 3 "/tmp/gen-$1.log"; echo "dataset generation ($1) failed"; exit 1; }
       waited[$pid]=1
     fi
-    echo "dataset $1 ready at +$(( $(date +%s) - T0 )) s"; }
+    unset "gen[$1]"
+    echo "dataset $1 ready at +$(( $(date +%s) - T0 )) s"
+    for f in "$MAGE_DATA_DIR/$1"_*.hdf5; do python3 -m shared.datasets verify "$f" 2>&1 | tail -1; done; }
   for t in ${WARMUP_MAGE:-}; do  # fill the compile cache first: 3 steps a stage compile the same graphs as 20,000;
     # it runs as soon as its own dataset is there, while the others are still generated
-    d=$(data_of "$t"); [ -n "${gen[$d]:-}" ] && { wait_data "$d"; unset "gen[$d]"; }
+    wait_data "$(data_of "$t")"
     T1=$(date +%s)
     python3 algorithms/mage.py --config "configs/mage/$t.yaml" --ae_steps 3 --tf_steps 3 --e2e_steps 3 \
       --warmup_steps 1 --eval_every 0 --eval_episodes 1 --num_eval_envs 1 --out_dir /tmp/warmup \
@@ -183,8 +186,6 @@ elif [ "$CMD" = launch ]; then  # started by `start`, in /tmp/tree
       && echo "compile cache warmed on mage $t in $(( $(date +%s) - T1 )) s" \
       || { tail -n 3 "/tmp/warmup-$t.log"; echo "warm-up run failed"; exit 1; }
   done
-  for d in "${!gen[@]}"; do wait_data "$d"; done
-  for f in "$MAGE_DATA_DIR"/*.hdf5; do python3 -m shared.datasets verify "$f" 2>&1 | tail -1; done
   # the committed results are skipped (run.py skips a run whose file exists): only missing runs start
   mkdir -p /tmp/results && [ "${FRESH:-0}" = 1 ] || cp -rn benchmarks/results/. /tmp/results/
   mkdir -p /tmp/mps /tmp/mps-log
@@ -192,13 +193,19 @@ elif [ "$CMD" = launch ]; then  # started by `start`, in /tmp/tree
   setsid nohup nvidia-smi --query-gpu=timestamp,index,utilization.gpu,memory.used --format=csv,noheader -l 5 \
     > /tmp/gpu-usage.csv 2>&1 < /dev/null &
   grid() { local name=$1; shift; setsid nohup python3 benchmarks/run.py --gpus "$GPUS" --out-dir /tmp/runs \
-    --results-dir /tmp/results --stagger "${STAGGER:-0}" ${STALE:+--rerun-stale} "$@" > "/tmp/grid-$name.log" 2>&1 < /dev/null & }
-  # MAGE first (the longest runs), Diffuser's large mazes spread over the GPUs, short baselines fill the gaps
-  grid main --per-gpu "${MAIN_PER_GPU:-9}" --algos ${MAIN_ALGOS:-mage diffuser iql dt bc} --tasks ${GRID_TASKS:-$TASKS} \
-    --seeds ${GRID_SEEDS:-0 1 2}
-  [ -n "${ABLATIONS-x}" ] && grid ablation --per-gpu "${ABL_PER_GPU:-3}" \
-    --algos ${ABLATIONS:-mage-k1 mage-nodeccond} --tasks ${ABL_TASKS:-maze2d-large} --seeds ${ABL_SEEDS:-0 1 2}
-  echo "grids started at +$(( $(date +%s) - T0 )) s"
+    --results-dir /tmp/results --stagger "${STAGGER:-0}" ${STALE:+--rerun-stale} "$@" > "/tmp/grid-$name.log" 2>&1 < /dev/null &
+    echo "grid $name started at +$(( $(date +%s) - T0 )) s"; }
+  # each grid starts once its own datasets are there: maze runs need not wait for antmaze data (~2 min each)
+  main() { for t in ${GRID_TASKS:-$TASKS}; do wait_data "$(data_of "$t")"; done
+    # MAGE first (the longest runs), Diffuser's large mazes spread over the GPUs, short baselines fill the gaps
+    grid main --per-gpu "${MAIN_PER_GPU:-9}" --algos ${MAIN_ALGOS:-mage diffuser iql dt bc} \
+      --tasks ${GRID_TASKS:-$TASKS} --seeds ${GRID_SEEDS:-0 1 2}; }
+  ablation() { [ -n "${ABLATIONS-x}" ] || return 0
+    for t in ${ABL_TASKS:-maze2d-large}; do wait_data "$(data_of "$t")"; done
+    grid ablation --per-gpu "${ABL_PER_GPU:-3}" --algos ${ABLATIONS:-mage-k1 mage-nodeccond} \
+      --tasks ${ABL_TASKS:-maze2d-large} --seeds ${ABL_SEEDS:-0 1 2}; }
+  if echo "${GRID_TASKS:-$TASKS}" | grep -q antmaze && ! echo "${ABL_TASKS:-maze2d-large}" | grep -q antmaze; then
+    ablation; main; else main; ablation; fi
   sleep 5  # the grids' processes exist before the launcher ends (watch waits for either)
 else
   watch "${2:-540}"

@@ -4,6 +4,8 @@ peak memory, each measured eager and through the CUDA-graph fast path, side by s
     python benchmarks/speed.py [--task maze2d-large] [--algos mage,dt,diffuser,iql,bc] [--settings eager,graphs]
                                [--bf16] [--cudnn-benchmark on|off] [--skip-sweeps] [--device auto] [--out ...]
     python benchmarks/speed.py --quick --device cpu --out /tmp/speed.json     # smoke test: tiny models, seconds
+    python benchmarks/speed.py --algos mage --settings graphs+bf16,graphs+inductor+bf16 --latency-only --skip-sweeps
+                                          # the evaluation plan alone, unfused against fused (no training compile)
 
 Each algorithm is built from ``configs/<algo>/<task>.yaml`` through its own TrainConfig, data and model classes,
 with random weights, fake data and identity normalisation (timing does not depend on them), and timed through its
@@ -545,7 +547,8 @@ def measure(algo: str, setting: Setting, args, device: torch.device, budget: Bud
             return {"error": error_text(exc)}
         entry: dict[str, Any] = {"config": describe(algo, config), "params_m": n_params(bench.model)}
         try:  # training and acting fail independently (e.g. a capture that fails in one of them)
-            entry["training"] = bench.training(budget, args.profile_steps)
+            entry["training"] = ({"skipped": "--latency-only"} if args.latency_only
+                                 else bench.training(budget, args.profile_steps))
         except Exception as exc:
             traceback.print_exc()
             entry["training"] = {"error": error_text(exc)}
@@ -597,7 +600,7 @@ def section(entry: Optional[dict], name: str) -> Optional[dict]:
     if not isinstance(entry, dict):
         return None
     part = entry.get(name)
-    return part if isinstance(part, dict) and "error" not in part else None
+    return part if isinstance(part, dict) and "error" not in part and "skipped" not in part else None
 
 
 def ratio(a: Optional[float], b: Optional[float]) -> Optional[float]:
@@ -843,6 +846,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                         "workspaces, to see whether they make the peaks)")
     p.add_argument("--quick", action="store_true", help="tiny models and few iterations (CPU smoke test)")
     p.add_argument("--skip-sweeps", action="store_true", help="skip MAGE's H and K sweeps")
+    p.add_argument("--latency-only", action="store_true",
+                   help="time acting only (no training steps, so no training compile): e.g. an evaluation plan's "
+                        "cost in a few minutes of a GPU lease")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed.json")
     args = p.parse_args(argv)
     if not args.task.startswith(("maze2d-", "multi2d-")):
