@@ -39,7 +39,8 @@
 # newest checkpoint as $OUT/keep-<task>-<seed>.pt: its config, normalisation and weights in fp16 (a 7.7M-parameter
 # MAGE is 31 MB in fp32, over the 16 MiB a returned file may have; 15.5 MB in fp16), loadable by
 # benchmarks/mage_diagnose.py RUN --checkpoint FILE (the weights are cast back on loading). At most 8 files come back,
-# 64 MiB in all: with a checkpoint, PACK_CACHE=0 leaves the compile cache out.
+# 64 MiB in all: with a checkpoint, PACK_CACHE=0 leaves the compile cache out. A checkpoint over 15 MB comes back as 15 MB
+# parts keep-<task>-<seed>.pt.partaa, .partab, ...: `cat keep-<task>-<seed>.pt.part* > keep-<task>-<seed>.pt` here.
 set -u
 CMD=${1:-watch}
 export WANDB_MODE=${WANDB_MODE:-disabled} MAGE_DATA_DIR=${MAGE_DATA_DIR:-/tmp/data} PYTHONUNBUFFERED=1
@@ -57,9 +58,11 @@ GRID_PROC="[b]enchmarks/run\.py"
 LAUNCH_PROC="[d]evice_grid\.sh launch"  # start's detached preparation
 
 # The compile cache into $OUT: xz (the cache is mostly text: generated code and Triton IR; gzip left 58 MB of it),
-# split into 15 MB parts; what it holds (MB per kind of file) goes to the log, and over 45 MB (the room left beside
-# the results in $OUT) Triton's intermediate IR (.ttir .ttgir .llir .ptx) is dropped: a kernel loads from its cubin
-# and json, and a part of the cache that misses only compiles again.
+# split into 15 MB parts; what it holds (MB per kind of file) goes to the log, and over CACHE_MB (default 22) Triton's
+# intermediate IR (.ttir .ttgir .llir .ptx) is dropped: a kernel loads from its cubin and json, and a part of the cache
+# that misses only compiles again. Still over CACHE_MB, it is left out: a call carries at most 64 MiB, and the tree
+# (~24 MB) and the wheels (18 MB) leave ~22 MB for it (2026-12-07b: the maze + antmaze + fused-plan cache was 44 MB
+# without IR, so it could not be carried).
 pack_cache() {
   local dir=$(dirname "$TORCHINDUCTOR_CACHE_DIR") base=$(basename "$TORCHINDUCTOR_CACHE_DIR") tarball mb
   echo "inductor cache: $(du -sm "$TORCHINDUCTOR_CACHE_DIR" | cut -f1) MB on disk; MB by kind:" \
@@ -68,15 +71,16 @@ pack_cache() {
   tarball=/tmp/inductor-cache.tar.xz
   tar cf - -C "$dir" "$base" | xz -T0 -6 > "$tarball" || return
   mb=$(( $(stat -c %s "$tarball") / 1048576 ))
-  if [ "$mb" -ge 45 ]; then
-    echo "inductor cache: $mb MB packed, over 45 MB: leaving Triton's intermediate IR out"
+  local max=${CACHE_MB:-22}
+  if [ "$mb" -ge "$max" ]; then
+    echo "inductor cache: $mb MB packed, over $max MB: leaving Triton's intermediate IR out"
     tar cf - -C "$dir" --exclude='*.ttir' --exclude='*.ttgir' --exclude='*.llir' --exclude='*.ptx' "$base" \
       | xz -T0 -6 > "$tarball" || return
     mb=$(( $(stat -c %s "$tarball") / 1048576 ))
   fi
   if [ "$mb" -lt 15 ]; then cp "$tarball" "$OUT/"
-  elif [ "$mb" -lt 45 ]; then split -b 15M "$tarball" "$OUT/inductor-cache.tar.xz.part"
-  else echo "inductor cache: $mb MB, too large to bring back beside the results (64 MiB in all): left out"; fi
+  elif [ "$mb" -lt "$max" ]; then split -b 15M "$tarball" "$OUT/inductor-cache.tar.xz.part"
+  else echo "inductor cache: $mb MB, over $max MB: too large to carry beside the tree and wheels, left out"; fi
   ls "$OUT"/inductor-cache.tar.xz* > /dev/null 2>&1 \
     && echo "inductor cache: $mb MB packed into $(cd "$OUT" && ls inductor-cache.tar.xz* | tr '\n' ' ')"
 }
@@ -111,6 +115,8 @@ half = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].i
 torch.save({**{k: state[k] for k in ("config", "obs_norm", "step", "stage") if k in state}, "model": half}, sys.argv[2])
 print(f"kept {ckpt} (fp16 weights) as {sys.argv[2]}")
 PY
+    k="$OUT/keep-$(basename "$(dirname "$r")")-$(basename "$r").pt"  # over 15 MB (antmaze's 9.6M parameters: ~19 MB):
+    [ -f "$k" ] && [ "$(stat -c %s "$k")" -gt 15728640 ] && split -b 15M "$k" "$k.part" && rm "$k"  # cat the parts
   done
   if [ -d "$TORCHINDUCTOR_CACHE_DIR" ] && [ "${PACK_CACHE:-1}" = 1 ]; then  # the compile cache, for the next call or lease (parts <= 15 MB)
     pack_cache
@@ -152,18 +158,20 @@ elif [ "$CMD" = launch ]; then  # started by `start`, in /tmp/tree
   NEED=$(for t in ${GRID_TASKS:-$TASKS} $([ -n "${ABLATIONS-x}" ] && echo "${ABL_TASKS:-maze2d-large}"); do
     data_of "$t"; done | sort -u)
   # maze2d datasets in parallel, the host's cores shared among them; antmaze ones one after another in one chain,
-  # each with every core: three at once (5 workers each, beside maze2d-large) ran at ~1,300-2,000 transitions/s each
-  # and were not done after 10 minutes, while antmaze-umaze alone with 6 workers took 123 s (H100 host, 2026-12-07)
+  # each with every core. The cores are counted without OMP_NUM_THREADS: GNU nproc honours it, so with the 1 exported
+  # above every generator got one worker (~2,000 antmaze transitions/s: 8 min 41 s for antmaze-large-diverse, and
+  # the 600 s call lost on 2026-12-07a); antmaze-umaze with 10 workers took ~55 s (H100 host, 2026-12-07b)
+  CORES=$(env -u OMP_NUM_THREADS nproc)
   ALL_NEED=$(for d in $NEED $(for t in ${WARMUP_MAGE:-}; do data_of "$t"; done); do echo "$d"; done | sort -u)
   MAZE_NEED=$(echo "$ALL_NEED" | grep -v '^antmaze-')
   ANT_NEED=$(echo "$ALL_NEED" | grep '^antmaze-')
-  W=$(( $(nproc) / ($(echo $MAZE_NEED | wc -w) + $([ -n "$ANT_NEED" ] && echo 1 || echo 0)) ))
+  W=$(( CORES / ($(echo $MAZE_NEED | wc -w) + $([ -n "$ANT_NEED" ] && echo 1 || echo 0)) ))
   [ "$W" -gt 0 ] || W=1
   for d in $MAZE_NEED; do
     python3 -m shared.datasets generate "$d" --workers $W > "/tmp/gen-$d.log" 2>&1 & gen[$d]=$!
   done
   if [ -n "$ANT_NEED" ]; then
-    (for d in $ANT_NEED; do python3 -m shared.datasets generate "$d" --workers "$(nproc)" > "/tmp/gen-$d.log" 2>&1 \
+    (for d in $ANT_NEED; do python3 -m shared.datasets generate "$d" --workers "$CORES" > "/tmp/gen-$d.log" 2>&1 \
        || exit 1; done) & for d in $ANT_NEED; do gen[$d]=$!; done
   fi
   declare -A waited  # the antmaze chain's pid stands for several datasets: wait for it once

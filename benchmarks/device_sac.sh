@@ -37,7 +37,7 @@ if [ "$CMD" = start ]; then
   rm -rf "$TREE" && mkdir -p "$TREE" && tar cf - --exclude=./.whl --exclude=./.inductor . | tar xf - -C "$TREE" \
     && cd "$TREE" || exit 1
   mkdir -p /tmp/mps /tmp/mps-log
-  pgrep -x nvidia-cuda-mps-control > /dev/null || { nvidia-cuda-mps-control -d && echo "MPS daemon started"; }
+  pgrep -f "[n]vidia-cuda-mps-control -d" > /dev/null || { nvidia-cuda-mps-control -d && echo "MPS daemon started"; }
   setsid nohup nvidia-smi --query-gpu=timestamp,index,utilization.gpu,memory.used --format=csv,noheader -l 5 \
     > /tmp/gpu-usage-sac.csv 2>&1 < /dev/null &
   for e in $ENVS; do

@@ -48,10 +48,14 @@ class EvalResult:
     action_latency_ms: float  # median wall-clock time of one `act` call
     latency_batch_size: int  # the batch size (number of envs) of those calls
     # per episode, in episode order: env step (0-based) of the first reward > 0, -1 if none; on goal tasks the
-    # start (x, y) (first two observation dims at reset) and the goal (x, y), empty lists on other tasks
+    # start (x, y) (first two observation dims at reset) and the goal (x, y), the closest the agent came to the goal
+    # and where it ended (an agent that never scores: stuck near the start, or lost near the goal?), empty lists on
+    # other tasks
     first_reward_steps: List[int] = field(default_factory=list)
     starts: List[List[float]] = field(default_factory=list)
     goals: List[List[float]] = field(default_factory=list)
+    closest: List[float] = field(default_factory=list)
+    ends: List[List[float]] = field(default_factory=list)
 
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
@@ -243,6 +247,8 @@ def evaluate(
     first_reward_steps: List[int] = []
     starts: List[List[float]] = []
     goal_xys: List[List[float]] = []
+    closest: List[float] = []
+    ends: List[List[float]] = []
     latencies: List[float] = []
     latency_batch = num_envs
     bar = tqdm(total=episodes * task.max_episode_steps, unit="step", desc=f"eval {task_name}", disable=not progress)
@@ -260,6 +266,7 @@ def evaluate(
             wave_returns = np.zeros(n, dtype=np.float64)
             wave_first = np.full(n, -1, dtype=np.int64)
             alive = np.ones(n, dtype=bool)
+            wave_closest = np.linalg.norm(obs[:, :2] - goals[:, :2], axis=1) if task.goal_conditioned else None
             policy.reset(goals)
             t = 0  # every env still alive has taken exactly t steps: ended envs are never stepped again
             while alive.any():
@@ -275,10 +282,15 @@ def evaluate(
                     if r > 0 and wave_first[i] < 0:
                         wave_first[i] = t
                     alive[i] = not (terminated or truncated)
+                if task.goal_conditioned:
+                    wave_closest = np.minimum(wave_closest, np.linalg.norm(obs[:, :2] - goals[:, :2], axis=1))
                 bar.update(len(stepping))
                 t += 1
             returns.extend(wave_returns.tolist())
             first_reward_steps.extend(wave_first.tolist())
+            if task.goal_conditioned:
+                closest.extend(wave_closest.tolist())
+                ends.extend(obs[:, :2].tolist())
     finally:
         bar.close()
 
@@ -299,4 +311,6 @@ def evaluate(
         first_reward_steps=first_reward_steps,
         starts=starts,
         goals=goal_xys,
+        closest=closest,
+        ends=ends,
     )

@@ -112,12 +112,16 @@ def make_result(algo: str, config: Any, dataset_info: dict, eval_result: Any, tr
 
 def episode_detail(ev: dict) -> dict:
     """Per-episode outcomes of an evaluation (``EvalResult.to_dict()``), rounded to keep result files small: returns,
-    first reward step (-1: never), and on goal tasks start and goal (x, y). Older result files lack it."""
+    first reward step (-1: never), and on goal tasks start and goal (x, y), the closest distance to the goal and the
+    final (x, y). Older result files lack it (or its last two)."""
     detail = {"returns": [round(r, 4) for r in ev.get("returns", [])],
               "first_reward_step": list(ev.get("first_reward_steps", []))}
     if ev.get("goals"):
         detail["start_xy"] = [[round(v, 4) for v in xy] for xy in ev["starts"]]
         detail["goal_xy"] = [[round(v, 4) for v in xy] for xy in ev["goals"]]
+    if ev.get("closest"):
+        detail["closest_goal_distance"] = [round(d, 3) for d in ev["closest"]]
+        detail["end_xy"] = [[round(v, 4) for v in xy] for xy in ev["ends"]]
     return detail
 
 

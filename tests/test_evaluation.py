@@ -63,11 +63,17 @@ def test_per_episode_first_reward_steps_starts_and_goals(policy_name):
     paths = np.concatenate([np.stack(wave, 1) for wave in rec.paths], 0)
     assert first_obs.shape == last_obs.shape == (6, 4)
     assert np.allclose(first_obs[:, :2], result.starts) and np.allclose(last_obs[:, :2], paths[:, -1])
+    # the closest approach to the goal over every position the episode visited (those the policy saw, and the end)
+    goals, ends = np.array(result.goals), np.array(result.ends)
+    seen = np.linalg.norm(paths - goals[:, None], axis=2).min(1)
+    assert np.allclose(result.closest, np.minimum(seen, np.linalg.norm(ends - goals, axis=1)), atol=1e-5)
+    if policy_name == "expert":
+        assert (np.array(result.closest) < 0.5).all()  # reached: within the goal radius
 
 
 def test_tasks_without_goals_record_no_starts_or_goals():
     result = evaluate("hopper-medium", RandomPolicy(3, seed=0), episodes=3, seed=0, num_envs=2, progress=False)
-    assert result.starts == result.goals == [] and len(result.first_reward_steps) == 3
+    assert result.starts == result.goals == result.closest == result.ends == [] and len(result.first_reward_steps) == 3
 
 
 class EndingEnv:
