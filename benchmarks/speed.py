@@ -633,7 +633,8 @@ def speedups(fast: dict, slow: dict, batches: tuple) -> dict:
 
 def speedups_of(settings: dict, batches: tuple) -> dict:
     pairs = [("graphs", "eager"), ("graphs+bf16", "eager+bf16"), ("eager+bf16", "eager"), ("graphs+bf16", "graphs"),
-             ("graphs+inductor", "graphs"), ("graphs+inductor+bf16", "graphs")]
+             ("graphs+inductor", "graphs"), ("graphs+inductor+bf16", "graphs"),
+             ("graphs+inductor+bf16", "graphs+bf16")]
     return {f"{a}_over_{b}": speedups(settings[a], settings[b], batches) for a, b in pairs
             if a in settings and b in settings}
 
