@@ -1,8 +1,9 @@
 """Embedded locomotion data (shared/data/locomotion.py, SAC from shared/data/sac.py): a tiny SAC run on Hopper-v5
 writes its checkpoints, the medium choice, the medium-replay ladder and the reference scores; datasets generated
 from those tiny policies have D4RL's layout, terminals and timeouts, re-simulate, and do not depend on the number of
-workers; D4RL's medium rule on a made-up curve; the one-line error (with the training command) while the policies are
-missing; SAC updates fit the critic on a fixed batch."""
+workers; D4RL's medium rule on a made-up curve; the committed policies of every env are complete and consistent; the
+one-line error (with the training command) while the policies are missing; SAC updates fit the critic on a fixed
+batch."""
 
 import json
 import math
@@ -176,7 +177,28 @@ def test_sac_updates_lower_the_critic_loss_on_hopper_transitions(tmp_path):
     assert np.mean(losses[-10:]) < 0.3 * np.mean(losses[:5]), (losses[:5], losses[-10:])
 
 
+def test_committed_policies_of_every_env_are_complete(monkeypatch):
+    """shared/data/locomotion/<env>/ as committed: every file policies.json names, medium-replay's size (the task's
+    too) from its ladder, the reference scores from policies.json, actors of the env's sizes."""
+    monkeypatch.delenv("MAGE_LOCOMOTION_DIR", raising=False)
+    for env, env_id in loco.ENVS.items():
+        plan = loco.read_plan(env)  # DatasetError if policies.json or a file it names is missing
+        assert plan["env"] == env and plan["env_id"] == env_id and plan["recipe"] == loco.RECIPE
+        assert plan["ladder"][0]["policy"] == "random" and plan["ladder"][-1]["policy"] == plan["medium"]["file"]
+        replay = sum(r["transitions"] for r in plan["ladder"])
+        assert replay == plan["medium"]["transitions"] == get_task(f"{env}-medium-replay").dataset_size
+        assert plan["medium"]["env_steps"] < plan["expert"]["env_steps"]
+        assert plan["expert"]["stopped_early"] or plan["expert"]["env_steps"] >= 1_000_000
+        ref = plan["reference_scores"]
+        assert reference_scores(f"{env}-medium-expert") == (ref["random"], plan["expert"]["eval_return"])
+        policy = loco.BehaviourPolicy(loco.locomotion_dir(env) / "expert.pt")
+        assert policy.env_id == env_id
+        assert policy.act(np.zeros((2, loco.OBS_DIMS[env]), np.float32)).shape == (2, loco.ACT_DIMS[env])
+
+
 def test_missing_policies_are_one_line_naming_the_training_command(tmp_path, data_dir, monkeypatch, capsys):
+    # MAGE_LOCOMOTION_DIR replaces shared/data/locomotion/ for the library too (shared.tasks.locomotion_dir): with
+    # it on an empty folder every env's committed policies are hidden, so all three envs take the missing path
     monkeypatch.setenv("MAGE_LOCOMOTION_DIR", str(tmp_path / "none"))
     status, stderr = run_as_a_user(["algorithms/iql.py", "--config", "configs/iql/hopper-medium.yaml", "--device",
                                     "cpu", "--out_dir", tmp_path / "run"], data_dir)
