@@ -6,18 +6,22 @@
 Loads the newest checkpoint of a MAGE run folder (its config, models and normalisation) and evaluates
   * the policy as trained (inverse dynamics on the generated latent): normalised score, share of episodes that reach
     the goal, median steps to the first reward, share of the remaining steps spent at the goal, mean |action|;
-  * the same generated plans followed by Diffuser's maze controller instead of the inverse-dynamics head
+  * (point mazes) the same generated plans followed by Diffuser's maze controller instead of the inverse-dynamics head
     (action = (s_plan[k] - s)[pos] + (s_plan[k] - s)[vel]): if this scores well the plans are good and the head is
     the weak part, if not the plans themselves are;
-  * the action the policy takes at rest on the goal and 0.3 away from it (a policy that stays at its goal pushes
-    back towards it there);
+  * (point mazes) the action the policy takes at rest on the goal and 0.3 away from it (a policy that stays at its
+    goal pushes back towards it there);
   * on training segments: how far the decoded plan (generated, argmax) and the decoded reconstruction (true latent)
     are from the logged future, per step ahead, against holding the current state; and the inverse-dynamics head's
     action error on true vs generated latents.
-  * with --rollouts: the episodes' paths drawn on the maze, and a stall probe at the last state of every episode that
-    never reached its goal: its speed and distance to the goal, the return R the policy asks for there, and how far
-    the plan made there moves (as the policy plans, with R = 1 or 0.5 asked instead, and with sampled tokens), beside
-    the same at those episodes' starts: a plan that stays put where the episode stalled is a fixed point of the loop.
+  * with --rollouts (point mazes and antmaze): the episodes' paths drawn on the maze, and a stall probe at the last
+    state of every episode that never reached its goal: its speed and distance to the goal, the return R the policy
+    asks for there, and how far the plan made there moves (as the policy plans, with R = 1 or 0.5 asked instead,
+    and with sampled tokens), beside the same at those episodes' starts: a plan that stays put where the episode
+    stalled is a fixed point of the loop.
+An antmaze checkpoint brought back from the GPU host by device_grid.sh's KEEP_RUNS comes in 15 MB parts: `cat
+keep-<task>-<seed>.pt.part* > keep.pt`, then `python benchmarks/mage_diagnose.py . --checkpoint keep.pt` (with a
+checkpoint the run folder is not read; the dataset its config names is generated here on first use).
 Numbers for the data (mean |action| of the dataset) are printed beside them.
 """
 
@@ -38,10 +42,33 @@ sys.path.insert(0, str(ROOT))
 from shared.datasets import speed_summary  # noqa: E402
 from shared.evaluation import Recorder, evaluate, goal_behaviour, make_eval_env  # noqa: E402
 from shared.mazes import cell_to_xy, is_free, maze_map  # noqa: E402
-from shared.tasks import get_task, is_point_maze  # noqa: E402
+from shared.tasks import get_task, is_antmaze, is_point_maze  # noqa: E402
 from shared.utils import RunError, load_latest_checkpoint, load_script  # noqa: E402
 
 mage = load_script(ROOT / "algorithms" / "mage.py", "mage")
+
+
+@dataclasses.dataclass(frozen=True)
+class Geometry:
+    """Where a goal task's maze is and what its observation holds: the layout, metres per cell (point mazes 1,
+    antmaze 4), the velocity's (x, y) columns of an observation, and the distance to a wall's edge at which the agent
+    touches it (the point mass's radius 0.1, plus 0.05; the ant's legs reach ~1 m from its torso)."""
+
+    grid: list
+    scale: float
+    velocity: slice
+    touch: float
+
+
+def geometry(task_name: str) -> Geometry:
+    task = get_task(task_name)
+    if is_antmaze(task):
+        from shared.data import ant
+
+        return Geometry(maze_map(task.maze), ant.MAZE_SCALING, slice(15, 17), 1.0)  # obs: qpos[:15] + qvel[:14]
+    if is_point_maze(task):
+        return Geometry(maze_map(task.maze), 1.0, slice(2, 4), 0.15)  # obs: x, y, vx, vy
+    raise RunError(f"{task_name} is neither a point maze nor an antmaze: no maze to draw or probe")
 
 
 class TrackingPolicy(mage.MagePolicy):
@@ -136,7 +163,8 @@ def plot_rollouts(task_name: str, policy, episodes: int, seed: int, out: Path):
     # every wave runs max_episode_steps on maze tasks)
     reached = np.asarray(result.first_reward_steps) >= 0
     goals = np.asarray(result.goals)
-    grid = maze_map(get_task(task_name).maze)
+    geo = geometry(task_name)
+    grid, a = geo.grid, geo.scale
     failed = np.flatnonzero(~reached)[:11]
     cols = min(4, 1 + len(failed))
     rows = -(-(1 + len(failed)) // cols)
@@ -147,8 +175,8 @@ def plot_rollouts(task_name: str, policy, episodes: int, seed: int, out: Path):
         for r, row in enumerate(grid):
             for c, v in enumerate(row):
                 if v == 1:
-                    x, y = cell_to_xy(grid, (r, c))
-                    ax.add_patch(plt.Rectangle((x - 0.5, y - 0.5), 1, 1, color="0.75", lw=0))
+                    x, y = cell_to_xy(grid, (r, c)) * a
+                    ax.add_patch(plt.Rectangle((x - a / 2, y - a / 2), a, a, color="0.75", lw=0))
         for i in idx:
             ok = reached[i]
             ax.plot(paths[i, :, 0], paths[i, :, 1], color="tab:blue" if ok else "tab:red",
@@ -160,7 +188,7 @@ def plot_rollouts(task_name: str, policy, episodes: int, seed: int, out: Path):
         ax.set_title(title, fontsize=8)
         ax.set_aspect("equal")
         ax.set_xticks([]), ax.set_yticks([])
-        ax.set_xlim(-len(grid[0]) / 2, len(grid[0]) / 2), ax.set_ylim(-len(grid) / 2, len(grid) / 2)
+        ax.set_xlim(-a * len(grid[0]) / 2, a * len(grid[0]) / 2), ax.set_ylim(-a * len(grid) / 2, a * len(grid) / 2)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.suptitle(f"{task_name}: MAGE's evaluation episodes (red: never reached the goal, star; green: start)",
@@ -195,15 +223,17 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where((na > 1e-6) & (nb > 1e-6), (a * b).sum(1) / np.maximum(na * nb, 1e-12), 0.0)
 
 
-def wall_geometry(grid: list[list], xy: np.ndarray, path: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def wall_geometry(geo: Geometry, xy: np.ndarray, path: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For states ``xy`` [N, 2] and their plans' paths [N, H, 2]: the distance from each state to the nearest wall
-    cell's edge (world units; the point mass's radius is 0.1, so ~0.1 is touching), and the first plan step that
-    lies in a wall cell (-1: none)."""
+    cell's edge (world units; ``geo.touch`` or less is touching), and the first plan step that lies in a wall cell
+    (-1: none)."""
+    grid = geo.grid
     walls = [cell_to_xy(grid, (i, j)) for i in range(len(grid)) for j in range(len(grid[0]))
              if not is_free(grid, (i, j))]
-    w = np.asarray(walls)  # wall cell centres, cells 1 x 1
+    w = np.asarray(walls)  # wall cell centres in cell units (cells 1 x 1)
+    xy, path = xy / geo.scale, path / geo.scale
     gap = np.abs(xy[:, None, :] - w[None]) - 0.5  # per axis, outside the cell when > 0
-    near = np.linalg.norm(np.maximum(gap, 0.0), axis=2).min(1)
+    near = np.linalg.norm(np.maximum(gap, 0.0), axis=2).min(1) * geo.scale
     inside = (np.abs(path[:, :, None, :] - w[None, None]) < 0.5).all(3).any(2)  # [N, H]
     first = np.where(inside.any(1), inside.argmax(1), -1)
     return near, first
@@ -221,16 +251,19 @@ def stall_probe(policy, rec, reached: np.ndarray, goals: np.ndarray) -> None:
     failed = np.flatnonzero(~reached)
     if not len(failed):
         return
+    data, config = policy.data, policy.config
+    geo = geometry(config.task)
+    speed = lambda o: np.linalg.norm(o[..., geo.velocity], axis=-1)  # noqa: E731
     dist = np.linalg.norm(last[failed, :2] - goals[failed], axis=1)
     print(f"stall probe: the {len(failed)} episodes that never reached the goal, at their last state (speed "
-          f"{np.median(np.linalg.norm(last[failed, 2:4], axis=1)):.3f} median, {np.median(dist):.2f} from the goal)")
-    data, config = policy.data, policy.config
+          f"{np.median(speed(last[failed])):.3f} median, {np.median(dist):.2f} from the goal)")
     # how often the data shows a state that slow (its collector never stops on the way: such states are rare in it)
     obs = data.buffer.fields["x"][:, 1:].float().cpu().numpy() * data.obs_norm.std + data.obs_norm.mean
-    print(f"  data: {speed_summary(obs)}; the episodes start at speed "
-          f"{np.median(np.linalg.norm(first[:, 2:4], axis=1)):.3f} (median)")
-    r0, _, _ = plans_at(policy, first[reached], goals[reached])
-    print(f"  reached episodes at their start: R asked {np.median(r0):.3f} (median)")
+    print(f"  data: {speed_summary(obs, geo.velocity)}; the episodes start at speed "
+          f"{np.median(speed(first)):.3f} (median)")
+    if reached.any():
+        r0, _, _ = plans_at(policy, first[reached], goals[reached])
+        print(f"  reached episodes at their start: R asked {np.median(r0):.3f} (median)")
     rows = [("as the policy plans", {}), ("R = 1", dict(r=1.0)), ("R = 0.5", dict(r=0.5)),
             ("sampled, temperature 1", dict(temperature=1.0))]
     for name, kw in rows:
@@ -245,19 +278,21 @@ def stall_probe(policy, rec, reached: np.ndarray, goals: np.ndarray) -> None:
               "(medians)")
     # where the plan goes, and where the head pushes: a plan through a wall is the transformer's error, a plan
     # around it with the action into it the head's
-    grid = maze_map(get_task(config.task).maze)
     xy = last[failed, :2]
     r_star, path, act = plans_at(policy, last[failed], goals[failed])
-    near, in_wall = wall_geometry(grid, xy, path)
+    near, in_wall = wall_geometry(geo, xy, path)
     ahead = path[:, min(8, path.shape[1] - 1)] - xy  # the plan's direction over its first 8 steps
-    to_goal, to_plan = cosine(act[:, :2], goals[failed] - xy), cosine(act[:, :2], ahead)
-    print(f"  at the end: {np.mean(near < 0.15):.0%} touch a wall (within 0.05 of the radius); the plan enters a wall "
+    # the action's direction: a point mass's action is its (x, y) force; an ant's joint torques have none
+    to_goal, to_plan = ((cosine(act[:, :2], goals[failed] - xy), cosine(act[:, :2], ahead)) if act.shape[1] == 2
+                        else (np.full(len(xy), np.nan), np.full(len(xy), np.nan)))
+    print(f"  at the end: {np.mean(near < geo.touch):.0%} touch a wall (within {geo.touch} of a wall cell's edge); "
+          f"the plan enters a wall "
           f"cell in {np.mean(in_wall >= 0):.0%} (first such step: median "
           f"{np.median(in_wall[in_wall >= 0]) if (in_wall >= 0).any() else float('nan'):.0f}); cosine of the action "
           f"with the straight line to the goal {np.median(to_goal):.2f}, with the plan's first 8 steps "
           f"{np.median(to_plan):.2f} (medians)")
     for i, k in enumerate(failed[:15]):
-        print(f"    episode {k}: end ({last[k, 0]:.2f}, {last[k, 1]:.2f}) speed {np.linalg.norm(last[k, 2:4]):.3f}, "
+        print(f"    episode {k}: end ({last[k, 0]:.2f}, {last[k, 1]:.2f}) speed {speed(last[k]):.3f}, "
               f"goal ({goals[k, 0]:.1f}, {goals[k, 1]:.1f}); R asked {r_star[i]:.3f}, plan moves "
               f"{moved(path[i:i + 1], xy[i:i + 1])[0]:.2f}, |action| {np.abs(act[i]).mean():.2f}; wall "
               f"{near[i]:.2f} away, plan in a wall from step {in_wall[i]}; action vs goal line {to_goal[i]:+.2f}, "
@@ -268,14 +303,16 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path, help="a MAGE run folder: out_dir/mage/<task>/seed<k>")
     p.add_argument("--episodes", type=int, default=20)
-    p.add_argument("--track", type=int, default=1, help="plan step followed by the controller (0: skip)")
+    p.add_argument("--track", type=int, default=1, help="plan step followed by the controller (0: skip; point mazes "
+                   "only: the controller pushes the point mass towards the plan's state)")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="FIELD=VALUE",
                    help="evaluation-time config overrides (--set a=1 b=2, or --set a=1 --set b=2)")
     p.add_argument("--segments", type=int, default=1024, help="training segments for the plan-accuracy check")
     p.add_argument("--checkpoint", type=Path, default=None, help="a checkpoint file of the run (default: the newest)")
     p.add_argument("--device", default="cpu", help="cpu, or cuda (the run's fast path, when it trained with compile)")
     p.add_argument("--rollouts", type=Path, metavar="PNG", help="also draw the evaluation episodes' paths on the maze "
-                   "(point mazes; e.g. with --set task=multi2d-large on a maze2d-large run: its random goals)")
+                   "(point mazes and antmaze; e.g. with --set task=multi2d-large on a maze2d-large run: its random "
+                   "goals)")
     p.add_argument("--refit-head", choices=["all", "state"], help="first replace the head by a fresh one that sees "
                    "all of the condition or the state alone, fitted alone on generated latents (the rest frozen)")
     p.add_argument("--refit-steps", type=int, default=3000, help="steps of that fit")
@@ -296,8 +333,9 @@ def main() -> None:
         values[key] = type(current)(value) if not isinstance(current, bool) else value == "true"
     device = torch.device(args.device)
     config = mage.TrainConfig(**{**values, "device": args.device})
-    if args.rollouts and not is_point_maze(get_task(config.task)):  # before any data or evaluation work
-        raise RunError(f"--rollouts draws point-maze paths; {config.task} is not a point maze")
+    point_maze = is_point_maze(get_task(config.task))
+    if args.rollouts:
+        geometry(config.task)  # a task without a maze: one line, before any data or evaluation work
     data = mage.load_data(config, device)
     if not data.goal_conditioned:
         raise RunError(f"{config.task} is not a goal task: this diagnosis measures goal reaching")
@@ -309,7 +347,7 @@ def main() -> None:
     if args.refit_head:
         refit_head(model, data, config, args.refit_head, args.refit_steps, config.seed)
     policies = {"inverse-dynamics head": mage.MagePolicy(model, data, config, device)}
-    if args.track:
+    if args.track and point_maze:
         policies[f"controller on plan step {args.track}"] = TrackingPolicy(model, data, config, device,
                                                                            track=args.track)
     rows = {name: goal_behaviour(config.task, policy, args.episodes, config.eval_seed, num_envs=args.episodes)
@@ -320,6 +358,8 @@ def main() -> None:
         rec, reached, goals = plot_rollouts(config.task, policies["inverse-dynamics head"], args.episodes,
                                             config.eval_seed, args.rollouts)
         stall_probe(policies["inverse-dynamics head"], rec, reached, goals)
+    if not point_maze:  # the probes at rest below build point-mass states (x, y, 0, 0)
+        return
     env = make_eval_env(config.task)
     _, info = env.reset(seed=config.eval_seed)
     goal = info["goal"]

@@ -537,10 +537,11 @@ def verify(path: os.PathLike, task_name: Optional[str] = None) -> Dict[str, Any]
     return attrs
 
 
-def speed_summary(observations: np.ndarray) -> str:
-    """Point-mass speeds of a maze2d dataset (obs = x, y, vx, vy): how often, and how long at a time, the data's
-    collector is nearly at rest (evaluation episodes start at rest; docs/data.md)."""
-    speed = np.linalg.norm(observations[:, 2:4], axis=1)
+def speed_summary(observations: np.ndarray, velocity: slice = slice(2, 4)) -> str:
+    """Speeds in a maze dataset (the ``velocity`` columns: a point mass's obs = x, y, vx, vy; an ant's x-y velocity
+    is 15:17): how often, and how long at a time, the data's collector is nearly at rest (evaluation episodes start
+    at rest; docs/data.md)."""
+    speed = np.linalg.norm(observations[:, velocity], axis=1)
     parts = [f"speed: median {np.median(speed):.2f}"]
     for v in (0.1, 0.3):
         slow = np.r_[False, speed < v, False]

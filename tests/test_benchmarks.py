@@ -798,8 +798,19 @@ def test_the_stall_probe_tells_a_plan_through_a_wall_from_one_around_it():
     centre = cell_to_xy(grid, (4, 10))  # a free cell's centre
     through = np.linspace(touching, [2.5, -2.0], 128)  # straight down, through the wall cell below
     stay = np.repeat(centre[None], 128, 0)
-    near, first = diagnose.wall_geometry(grid, np.stack([touching, centre]), np.stack([through, stay]))
+    geo = diagnose.geometry("multi2d-large")
+    near, first = diagnose.wall_geometry(geo, np.stack([touching, centre]), np.stack([through, stay]))
     assert near[0] == pytest.approx(0.1) and near[1] >= 0.5 and first[0] > 0 and first[1] == -1
+    assert near[0] < geo.touch < near[1]
+    # antmaze: the same maze units times 4 m per cell; the ant's velocity is not where the point mass's is
+    ant = diagnose.geometry("antmaze-umaze")
+    assert (ant.scale, ant.velocity) == (4.0, slice(15, 17)) and geo.velocity == slice(2, 4)
+    start = cell_to_xy(ant.grid, (1, 1)) * 4  # D4RL's start cell, walled above and to the left
+    down = np.linspace(start, start - [0.0, 8.0], 64)  # straight down through the wall cell (2, 1)
+    near, first = diagnose.wall_geometry(ant, start[None], down[None])
+    assert near[0] == pytest.approx(2.0) and 0 < first[0] < 32
+    with pytest.raises(Exception, match="neither a point maze nor an antmaze"):
+        diagnose.geometry("hopper-medium")
     a, b = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]), np.array([[2.0, 0.0], [1.0, 0.0], [1.0, 1.0]])
     cos = diagnose.cosine(a, b)
     assert cos.tolist() == [1.0, 0.0, 0.0]
