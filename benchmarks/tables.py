@@ -57,7 +57,9 @@ GROUPS = (
     ("antmaze", "AntMaze (regenerated with D4RL's recipe, not D4RL's files)",
      ("antmaze-umaze", "antmaze-umaze-diverse", "antmaze-medium-play", "antmaze-medium-diverse", "antmaze-large-play",
       "antmaze-large-diverse")),
-    ("locomotion", "MuJoCo locomotion", ()),
+    ("locomotion", "MuJoCo locomotion (regenerated from this project's SAC policies, not D4RL's data: normalised by "
+                   "our own random and expert returns, not comparable with D4RL's numbers)", ()),
+    ("d4rl", "The original D4RL files (the user's own downloads)", ()),  # never mixed with the regenerated data
     ("minari", "Minari datasets (Minari's regenerations, not D4RL's data)", ()),  # never mixed with D4RL/embedded
     ("other", "Other tasks", ()),
 )
@@ -160,6 +162,8 @@ def load_results(results_dir: Path) -> tuple[dict[tuple[str, str], Cell], list[s
 def group_of(task: str) -> str:
     if task.startswith(("minari-", "minari:")):
         return "minari"
+    if re.search(r"-v\d+$", task):  # D4RL's own names (maze2d-*-v1, antmaze-*-v2, hopper-*-v2): the user's files
+        return "d4rl"
     for prefix in ("maze2d", "multi2d", "antmaze"):
         if task.startswith(prefix + "-"):
             return prefix

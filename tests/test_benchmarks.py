@@ -611,6 +611,22 @@ def test_collector_scores_measure_the_data_controller_as_the_algorithms_are_eval
     assert row["collector"]["mean_abs_action"] > 1.5 * row["noiseless"]["mean_abs_action"]
 
 
+def test_regenerated_data_and_the_original_d4rl_files_never_share_a_table(tmp_path):
+    root = tmp_path / "results"
+    write_result(root, "bc", "hopper-medium", 0, 40.0)  # our SAC's data, normalised by our random / expert returns
+    write_result(root, "bc", "hopper-medium-v2", 0, 52.0)  # D4RL's file, D4RL's reference scores
+    write_result(root, "bc", "antmaze-umaze-v2", 0, 55.0)
+    assert generate(root, tmp_path / "out") == 0
+    md = (tmp_path / "out" / "RESULTS.md").read_text()
+    sections = {block.split("\n", 1)[0]: block for block in md.split("\n## ")[1:]}
+    regenerated = next(b for title, b in sections.items() if title.startswith("MuJoCo locomotion (regenerated"))
+    original = next(b for title, b in sections.items() if title.startswith("The original D4RL files"))
+    assert "`hopper-medium`" in regenerated and "hopper-medium-v2" not in regenerated
+    assert "`hopper-medium-v2`" in original and "`antmaze-umaze-v2`" in original and "`hopper-medium` " not in original
+    antmaze = next(b for title, b in sections.items() if title.startswith("AntMaze"))
+    assert "antmaze-umaze-v2" not in antmaze
+
+
 def test_the_data_controller_column_sits_beside_the_algorithms_when_measured(results, tmp_path):
     block = {"collector": {"normalized_score": 93.3}, "noiseless": {"normalized_score": 97.1}}
     (results / "collector_scores.json").write_text(json.dumps({"tasks": {"maze2d-umaze": {"1000": block},
