@@ -22,6 +22,8 @@ own code, not copies of it:
     (N = replan_every, or once per episode when replan_every = 0);
   * peak GPU memory (torch.cuda.max_memory_allocated) of each measurement, including warm-up and capture
     (``peak_memory_mib``) and in steady state after them (``steady_peak_memory_mib``);
+  * the FLOPs of one training step per stage (training_flops) and the TFLOP/s each setting achieves with them
+    (``--flops-only``: the count alone, seconds to minutes on any device);
   * MAGE's per-action time as the horizon H grows (scales 1, 2, 4, ... ending at H / patch) and as the number of
     scales K grows at the config's H, and MAGE at Diffuser's horizon for an equal-horizon ratio (fp32, both
     settings).
@@ -511,6 +513,28 @@ def kernel_profile(step: Callable[[int], int], i: int, n: int, device: torch.dev
                "most_launched": rows(lambda e: -e.count)}  # where the kernel count comes from
 
 
+def training_flops(algo: str, args, device: torch.device) -> dict:
+    """GFLOP of one training step per stage: the matmuls, convolutions and attention that torch's FlopCounterMode
+    sees in the eager fp32 step (a captured or fused step does the same arithmetic, unseen by the counter). Times a
+    setting's steps/s, it gives the TFLOP/s that setting achieves (``achieved_tflop_per_s``), against the device's
+    peak: is a steps/s target within reach of this model at this batch size?"""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    bench = Bench(algo, algo_config(algo, args, Setting("eager", False, False)), device, args.task, args.quick)
+    stages, _ = bench.stages()
+    out, start = {}, 0
+    for stage in stages:
+        step = stage.begin()
+        i = run_steps(stage, step, start, 1)[0]  # the first step may differ (MAGE initialises its codebook)
+        with FlopCounterMode(display=False) as counter:
+            run_steps(stage, step, i, 1)
+        out[stage.name] = round(counter.get_total_flops() / 1e9, 6)
+        start = stage.end
+    del bench, stages
+    free(device)
+    return out
+
+
 def run_steps(stage, step: Callable[[int], dict], i: int, n: int) -> tuple[int, dict]:
     """n training steps from global step i, as train_loop runs them: step(i), then the stage's after_step(i + 1)."""
     stats: dict = {}
@@ -847,6 +871,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                         "workspaces, to see whether they make the peaks)")
     p.add_argument("--quick", action="store_true", help="tiny models and few iterations (CPU smoke test)")
     p.add_argument("--skip-sweeps", action="store_true", help="skip MAGE's H and K sweeps")
+    p.add_argument("--flops-only", action="store_true",
+                   help="only count each algorithm's FLOPs per training step and stage (seconds, on any device; "
+                        "multiply by a measured steps/s for the TFLOP/s it achieves) and write them to --out")
     p.add_argument("--latency-only", action="store_true",
                    help="time acting only (no training steps, so no training compile): e.g. an evaluation plan's "
                         "cost in a few minutes of a GPU lease")
@@ -873,6 +900,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     print(f"speed on {name} (torch {torch.__version__}), task {args.task}, cuDNN benchmark "
           f"{args.cudnn_benchmark}, settings {', '.join(s.name for s in settings)}", flush=True)
 
+    if args.flops_only:
+        counted = {algo: {"gflop_per_step": training_flops(algo, args, device)} for algo in algos}
+        for algo, entry in counted.items():
+            print(f"  {algo}: GFLOP per training step {entry['gflop_per_step']}")
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"device": name, "torch": torch.__version__, "git_commit": git_commit(),
+                                        "task": args.task, "quick": args.quick, "algorithms": counted,
+                                        "notes": "gflop_per_step: see training_flops()"}, indent=2) + "\n")
+        return 0
     results: dict[str, dict] = {}
     lost: Optional[str] = None
     for algo in algos:
@@ -891,6 +927,18 @@ def main(argv: Optional[list[str]] = None) -> int:
             entry["settings"][setting.name] = e
             print(f"  {algo} [{setting.name}]: {summary_line(e)}", flush=True)
         entry["speedups"] = speedups_of(entry["settings"], budget.batches)
+        if not args.latency_only and lost is None:
+            try:
+                entry["gflop_per_step"] = flops = training_flops(algo, args, device)
+                rates = {name: tr["per_stage_steps_per_s"] for name, e in entry["settings"].items()
+                         if (tr := section(e, "training")) is not None}
+                entry["achieved_tflop_per_s"] = {name: {k: round(v * flops[k] / 1e3, 3) for k, v in r.items()
+                                                        if k in flops} for name, r in rates.items()}
+                print(f"  {algo}: GFLOP per training step {flops}; achieved TFLOP/s {entry['achieved_tflop_per_s']}",
+                      flush=True)
+            except Exception as exc:  # counting must not lose the timings
+                traceback.print_exc()
+                entry["gflop_per_step"] = {"error": error_text(exc)}
         results[algo] = entry
 
     sweeps: dict[str, Any] = {"settings": [], "horizon_sweep": [], "k_sweep": [], "at_diffuser_horizon": None}
@@ -949,7 +997,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                  "reset_peak_memory_stats). speedups: > 1 = the first setting is faster; training_peak_memory is "
                  "the ratio of peaks. ratios: from the graphs setting where both sides ran (ratios_setting), "
                  "diffuser_over_mage_latency against MAGE at Diffuser's horizon (mage_sweeps.at_diffuser_horizon), "
-                 "*_configs at each config's own horizon. MAGE sweeps: fp32, in every setting that runs on the "
+                 "*_configs at each config's own horizon. gflop_per_step: the matmul / convolution / attention "
+                 "FLOPs of one eager fp32 training step per stage (torch.utils.flop_counter; the same arithmetic "
+                 "in every setting); achieved_tflop_per_s = a setting's steps/s x those. "
+                 "MAGE sweeps: fp32, in every setting that runs on the "
                  "device (eager and graphs on CUDA). cuDNN autotuning (cudnn_benchmark) runs once per convolution "
                  "shape and process: the first setting that meets a shape pays for it (time and workspace, in its "
                  "first_calls_s and peak_memory_mib), later settings reuse the choice; --settings sets the order "

@@ -488,6 +488,19 @@ def test_speed_quick_writes_all_keys(tmp_path):
             lat = eager["latency"][batch]
             assert lat["per_action_ms"] > 0 and lat["first_call_s"] >= 0 and "steady_peak_memory_mib" in lat
         assert entry["speedups"] == {"graphs_over_eager": {}}  # nothing to compare on CPU
+    # FLOPs per training step (every stage), and what a setting's steps/s achieve with them
+    for algo, entry in data["algorithms"].items():
+        train = entry["settings"]["eager"]["training"]
+        assert set(entry["gflop_per_step"]) == set(train["stages"]) and min(entry["gflop_per_step"].values()) > 0
+        assert entry["achieved_tflop_per_s"]["eager"] == {
+            k: round(v * entry["gflop_per_step"][k] / 1e3, 3) for k, v in train["per_stage_steps_per_s"].items()}
+    # BC's MLP (6 -> 32 -> 32 -> 2, batch 8): 2 FLOPs per weight and sample forward, 4 backward, less the input's
+    # gradient at the first layer
+    weights, first = 6 * 32 + 32 * 32 + 32 * 2, 6 * 32
+    assert data["algorithms"]["bc"]["gflop_per_step"]["train"] * 1e9 == pytest.approx(6 * 8 * weights - 2 * 8 * first,
+                                                                                       rel=0.01)
+    flops = data["algorithms"]["mage"]["gflop_per_step"]
+    assert flops["end_to_end"] > flops["transformer"]  # stage 3 generates scale by scale and decodes as well
     mage = data["algorithms"]["mage"]["settings"]["eager"]["training"]
     assert list(mage["stages"]) == ["autoencoder", "transformer", "end_to_end"]
     rates = mage["per_stage_steps_per_s"].values()
