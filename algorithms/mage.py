@@ -77,6 +77,8 @@ class TrainConfig:
     n_layers: int = 6  # transformer blocks
     n_heads: int = 8  # attention heads
     dropout: float = 0.1  # dropout in the transformer
+    qk_norm: bool = False  # attention on unit-length queries and keys times a learnt per-head temperature (VAR trains
+    # this way): bounded attention logits, the usual cure for loss spikes (antmaze-umaze's stage 2 spiked to NaN)
     scheduled_sampling: float = 0.0  # stage 2: chance that a scale's tokens in the transformer's input are its own
     # argmax prediction, the finer scales' targets re-quantised after it (0: VAR's teacher forcing; docs/mage.md)
     # --- (3) condition-guided decoder and inverse dynamics
@@ -431,12 +433,13 @@ class ReturnTarget(nn.Module):
 
 # ============================================================================ (2) multi-scale transformer
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[torch.Tensor],
-              dropout: float) -> torch.Tensor:
+              dropout: float, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
     """softmax(q k^T / sqrt(d) | mask) v, written out. MAGE's sequences are short (at most sum l_k = 63 tokens, head
     dim 32): the fused kernels of F.scaled_dot_product_attention work in 64-128-row tiles and ran at < 10 TFLOP/s
     here (a third of the end-to-end step on one H200), while two batched matmuls and a softmax are cheap at this size
-    (and inductor fuses the scaling, masking and softmax). ``mask``: True = may attend."""
-    att = (q @ k.transpose(-2, -1)) * q.shape[-1] ** -0.5
+    (and inductor fuses the scaling, masking and softmax). ``mask``: True = may attend; ``scale``: the logits'
+    scale (default 1 / sqrt(d))."""
+    att = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5 if scale is None else scale)
     if mask is not None:
         att = att.masked_fill(~mask, float("-inf"))
     return F.dropout(att.softmax(-1), dropout) @ v
@@ -445,9 +448,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Optional[
 class AdaLNBlock(nn.Module):
     """Pre-norm transformer block whose norms are modulated by the condition (RTG reaches every scale)."""
 
-    def __init__(self, d: int, heads: int, dropout: float) -> None:
+    def __init__(self, d: int, heads: int, dropout: float, qk_norm: bool = False) -> None:
         super().__init__()
         self.heads, self.dropout = heads, dropout
+        # qk_norm: cosine attention; the logit scale starts at sqrt(head dim), the plain attention's typical size
+        self.log_temp = nn.Parameter(torch.full((1, heads, 1, 1), 0.5 * math.log(d // heads))) if qk_norm else None
         self.norm1 = nn.LayerNorm(d, elementwise_affine=False)
         self.norm2 = nn.LayerNorm(d, elementwise_affine=False)
         self.qkv, self.proj = nn.Linear(d, 3 * d), nn.Linear(d, d)
@@ -461,11 +466,15 @@ class AdaLNBlock(nn.Module):
         s1, b1, g1, s2, b2, g2 = self.ada(c).unsqueeze(1).chunk(6, dim=-1)
         h = self.norm1(x) * (1 + s1) + b1
         q, k, v = self.qkv(h).view(x.shape[0], x.shape[1], 3, self.heads, -1).permute(2, 0, 3, 1, 4)
+        scale = None
+        if self.log_temp is not None:  # the cache then holds unit keys
+            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+            scale = self.log_temp.clamp(max=math.log(100.0)).exp()
         if cache is not None:  # generation: keys/values of coarser scales are kept, never recomputed
             if cache:
                 k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)
             cache[:] = [k, v]
-        a = attention(q, k, v, mask, self.dropout if self.training else 0.0)
+        a = attention(q, k, v, mask, self.dropout if self.training else 0.0, scale)
         x = x + (1 + g1) * self.proj(a.transpose(1, 2).flatten(2))
         return x + (1 + g2) * self.mlp(self.norm2(x) * (1 + s2) + b2)
 
@@ -478,7 +487,7 @@ class MultiScaleTransformer(nn.Module):
     """
 
     def __init__(self, scales: List[int], vocab: int, code_dim: int, cond_dim: int, d: int, layers: int,
-                 heads: int, dropout: float) -> None:
+                 heads: int, dropout: float, qk_norm: bool = False) -> None:
         super().__init__()
         self.scales = list(scales)
         n = sum(scales)
@@ -486,7 +495,7 @@ class MultiScaleTransformer(nn.Module):
         self.word_embed = nn.Linear(code_dim, d)
         self.pos = nn.Parameter(torch.randn(1, n, d) * 0.02)
         self.level = nn.Embedding(len(scales), d)
-        self.blocks = nn.ModuleList(AdaLNBlock(d, heads, dropout) for _ in range(layers))
+        self.blocks = nn.ModuleList(AdaLNBlock(d, heads, dropout, qk_norm) for _ in range(layers))
         self.head_norm = nn.LayerNorm(d, elementwise_affine=False)
         self.head_ada = nn.Sequential(nn.SiLU(), nn.Linear(d, 2 * d))
         self.head = nn.Linear(d, vocab)
@@ -568,7 +577,8 @@ class MAGE(nn.Module):
                                               config.ae_blocks, config.adapter_dim)
         self.inverse = inverse_head(config, x_dim, cond_dim, act_dim)
         self.transformer = MultiScaleTransformer(config.scales, config.codebook_size, config.code_dim, cond_dim,
-                                                 config.d_model, config.n_layers, config.n_heads, config.dropout)
+                                                 config.d_model, config.n_layers, config.n_heads, config.dropout,
+                                                 config.qk_norm)
         self.return_target = ReturnTarget(cond_dim - 1) if config.return_target_expectile > 0 else None
 
     def decode(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:

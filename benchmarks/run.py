@@ -43,6 +43,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     # multi2d-large's stalls: the head acts along the straight line to the goal, into a wall, not along the plan
     # (mage_diagnose.py's stall probe); a head that sees the state but not the goal (nor R) cannot do that
     "mage-headstate": ("mage", ["--head_condition", "state"]),
+    # antmaze-umaze's stage 2 spiked to NaN at step 21k (budget/h100-2026-12-07b): cosine attention with a learnt
+    # temperature, as VAR trains, bounds the attention logits whose growth usually drives such spikes
+    "mage-qknorm": ("mage", ["--qk_norm", "true"]),
     # goal-conditioned baselines on maze2d (the protocol before issue 13; on multi2d they equal bc / iql / dt):
     # the goal (hindsight collection goal in training) instead of the paper's (observation, reward) only
     "bc-goal": ("bc", ["--goal_input", "true"]),

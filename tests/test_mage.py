@@ -119,8 +119,9 @@ def test_finer_scale_tokens_never_change_coarser_logits():
         assert not torch.allclose(out[:, bounds[k]:], base[:, bounds[k]:])
 
 
-def test_kv_cache_generation_equals_teacher_forcing_on_its_own_tokens():
-    config, model = small_model()
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_kv_cache_generation_equals_teacher_forcing_on_its_own_tokens(qk_norm):
+    config, model = small_model(qk_norm=qk_norm)
     model.eval()
     cond = torch.randn(6, 7)
     f_hat, idx = model.transformer.generate(cond, model.vq)
@@ -128,6 +129,29 @@ def test_kv_cache_generation_equals_teacher_forcing_on_its_own_tokens():
     assert torch.allclose(sum(zs), f_hat, atol=1e-5)
     logits = model.transformer(cond, model.teacher_inputs(zs))
     assert torch.equal(logits.argmax(-1), torch.cat(idx, 1))
+
+
+def test_qk_norm_makes_attention_blind_to_the_size_of_queries_and_keys_and_still_learns():
+    """--qk_norm: attention logits = cosine(q, k) x a learnt per-head temperature (at most 100), so growing query and
+    key weights (the logit growth behind loss spikes) cannot sharpen the attention; the transformer still fits."""
+    cond = torch.randn(4, 7)
+    for qk_norm in (True, False):
+        config, model = small_model(qk_norm=qk_norm)
+        model.eval()
+        inputs = model.teacher_inputs([model.vq.embed_scale(k, torch.randint(0, 8, (4, n)))
+                                       for k, n in enumerate(config.scales)])
+        base = model.transformer(cond, inputs)
+        d = config.d_model
+        with torch.no_grad():
+            for block in model.transformer.blocks:  # queries and keys 10x larger, values untouched
+                block.qkv.weight[:2 * d] *= 10
+                block.qkv.bias[:2 * d] *= 10
+        assert torch.allclose(model.transformer(cond, inputs), base, atol=1e-4) == qk_norm
+    config, model = small_model(lr=1e-3, qk_norm=True)
+    batch = smooth_batch(batch=16)
+    fit(model, config, "autoencoder", batch, 300)
+    tf = fit(model, config, "transformer", batch, 300)
+    assert tf[-1] < tf[0] / 10, (tf[0], tf[-1])
 
 
 def test_single_scale_k1_runs_every_stage():
