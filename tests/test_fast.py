@@ -201,13 +201,14 @@ def test_captured_plan_gives_the_eager_actions(inductor):
     assert all(abs(a - b).max() < 1e-4 for a, b in zip(*actions))
 
 
-def test_the_plan_traces_as_one_graph_and_gives_the_eager_actions():
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_the_plan_traces_as_one_graph_and_gives_the_eager_actions(qk_norm):
     """What ``inductor`` fuses at evaluation (MagePolicy._plan_actions, the K-pass generation and the head) traces
     without a graph break, so a fused plan is one kernel schedule inside its CUDA graph; checked on the CPU with the
     tracing backend (inductor's own code generation is exercised on the GPU)."""
     torch._dynamo.reset()
     config = mage.TrainConfig(**{**SMALL_MAGE, "dataset_size": 5_000}, device="cpu", return_condition=True,
-                              return_target_expectile=0.9)
+                              return_target_expectile=0.9, qk_norm=qk_norm)
     data = mage.load_data(config, torch.device("cpu"))
     torch.manual_seed(0)
     model = mage.MAGE(config, 1 + data.obs_dim, data.cond_dim, data.act_dim).eval()
