@@ -16,7 +16,9 @@
 # (benchmarks/budget/h200-2026-12-02b/gpu.csv); staggered, one run's compile overlaps the others' training.
 # The GPU's utilisation and memory are sampled every 5 s into /tmp/gpu-usage.csv (packed with the logs); the
 # grid's wall time is the span between its first "start" and its "finished" line in /tmp/grid-main.log.
-# results -> /tmp/results (starts as a copy of benchmarks/results/), run folders and logs -> /tmp/runs.
+# results -> /tmp/results (starts as a copy of benchmarks/results/), run folders and logs -> /tmp/runs. Runs started by
+# hand beside the grids (`python3 benchmarks/run.py ... --out-dir /tmp/runs-NAME --results-dir /tmp/results-NAME --
+# --lr 1e-4`: another setting whose results must not mix with the committed ones) are watched and packed too.
 # MPS raised every algorithm's steps/s 2-10x with 9 runs sharing one H200 (benchmarks/gpu_share.sh: BC 48 -> 334,
 # IQL 7 -> 73, DT 32 -> 73, MAGE stage 1 3.9 -> 10.6), so it is on.
 # Eager Diffuser runs at H = 384 took 20-45 GB each in their first steps (likely cuDNN autotuning), so run.py deals
@@ -94,16 +96,21 @@ watch() {
   cat /tmp/grid-*.log > /tmp/grid-all.log 2>/dev/null
   echo "started $(grep -c '^start' /tmp/grid-all.log), done $(grep -c '^done' /tmp/grid-all.log)"
   grep "FAILED\|finished" /tmp/grid-all.log
-  grep "normalized score" /tmp/runs/logs/*.log | sed 's|.*/||; s/\.log:.*normalized score/:/' | sort
+  # the grids' runs (/tmp/runs) and any started by hand beside them with run.py --out-dir /tmp/runs-NAME
+  # --results-dir /tmp/results-NAME (another learning rate, budget, ...): their logs, results and metrics come back too
+  local logs=$(ls /tmp/runs/logs/*.log /tmp/runs-*/logs/*.log 2>/dev/null)
+  name() { echo "$1" | sed 's|^/tmp/runs/logs/||; s|^/tmp/\(runs-[^/]*\)/logs/|\1: |; s/\.log$//'; }
+  for f in $logs; do grep -h "normalized score" "$f" | sed "s|^.*normalized score|$(name "$f"):|"; done | sort
   # where the unfinished runs are now, at the end of this call (not at its start): decide on these lines
-  for f in /tmp/runs/logs/*.log; do
-    grep -q "normalized score" "$f" || echo "$(basename "$f" .log) now: $(grep '\] step ' "$f" | tail -n 1)"
+  for f in $logs; do
+    grep -q "normalized score" "$f" || echo "$(name "$f") now: $(grep '\] step ' "$f" | tail -n 1)"
   done
   nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader
   mkdir -p "$OUT"
-  tar czf "$OUT/results.tar.gz" -C /tmp results 2>/dev/null
-  tar czf "$OUT/logs.tar.gz" -C /tmp runs/logs $(cd /tmp && ls grid-*.log gpu-usage.csv | grep -v grid-all.log) 2>/dev/null
-  (cd /tmp/runs && find . -name metrics.jsonl | tar czf "$OUT/metrics.tar.gz" -T -)
+  tar czf "$OUT/results.tar.gz" -C /tmp results $(cd /tmp && ls -d results-* 2>/dev/null) 2>/dev/null
+  tar czf "$OUT/logs.tar.gz" -C /tmp $(cd /tmp && ls -d runs/logs runs-*/logs grid-*.log gpu-usage.csv 2>/dev/null \
+    | grep -v grid-all.log) 2>/dev/null
+  (cd /tmp && find runs runs-* -name metrics.jsonl 2>/dev/null | tar czf "$OUT/metrics.tar.gz" -T -)
   for r in ${KEEP_RUNS:-}; do  # a run's final weights, small enough to come back (see the header)
     python3 - "/tmp/runs/$r" "$OUT/keep-$(basename "$(dirname "$r")")-$(basename "$r").pt" <<'PY' || echo "KEEP_RUNS $r: not kept"
 import sys
