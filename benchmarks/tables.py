@@ -693,6 +693,12 @@ def speed_lines(payload: Optional[dict], label: str) -> list[str]:
                                                           for k, v in shown.items())
                       + (f"; training peak memory ×{speed_num(gains['training_peak_memory'])}"
                          if isinstance(gains.get("training_peak_memory"), (int, float)) else "")]
+        flops, achieved = a.get("gflop_per_step"), a.get("achieved_tflop_per_s") or {}
+        if isinstance(flops, dict) and flops and "error" not in flops:  # speed.py since 2026-12-07
+            lines += ["", "GFLOP per training step: " + ", ".join(f"{k} {speed_num(v)}" for k, v in flops.items())
+                      + "; achieved TFLOP/s: " + "; ".join(f"{st} " + ", ".join(f"{k} {speed_num(v)}" for k, v in
+                                                                                   achieved[st].items())
+                                                          for st in settings if achieved.get(st))]
         for s in settings:
             e = (a.get("settings") or {}).get(s) or {}
             if "error" in e:

@@ -539,6 +539,7 @@ def test_speed_quick_writes_all_keys(tmp_path):
     block = "\n".join(tables.speed_lines(data, "speed.json"))
     assert block.count("| training steps/s") == 4 + 4 and "| one plan, batch 1 (ms) |" in block
     assert "**Smoke test" in block and "skipped" in block and "predates" not in block
+    assert block.count("GFLOP per training step: ") == 5 and "achieved TFLOP/s: eager autoencoder " in block
 
 
 def test_speed_records_a_failing_setting_and_goes_on(tmp_path, monkeypatch):
