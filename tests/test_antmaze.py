@@ -58,6 +58,9 @@ def test_generate_caches_atomically_and_verifies(umaze_slice, monkeypatch):
     checked = datasets.verify(path)  # re-simulation, labels, rules, coverage
     assert checked["check/resim_max_error"] <= antmaze.RESIM_TOLERANCE and checked["check/resim_samples"] == 64
     assert checked["check/commanded_goal_reached"] == 1.0 and checked["check/cell_coverage"] == 1.0
+    # umaze commands the evaluation goal's cell every episode; each episode walks there, then waits
+    assert checked["check/episodes_commanded_to_eval_goal_cell"] == checked["check/episodes"]
+    assert 0 < checked["check/median_steps_to_commanded_goal"] < 1000 and 0 < checked["check/share_after_arrival"] < 1
 
 
 def _rewrite(src, dst, fix_hash=True, **arrays):

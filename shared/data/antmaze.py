@@ -255,7 +255,9 @@ def resimulate(arrays: Mapping[str, np.ndarray], maze: str, indices: Sequence[in
 
 
 def statistics(arrays: Mapping[str, np.ndarray], task_name: str) -> Dict[str, Any]:
-    """Episodes, how many reach their commanded goal / the evaluation goal, reward sum, maze cells visited."""
+    """Episodes, how many reach their commanded goal / the evaluation goal, reward sum, maze cells visited; how long
+    the walk to the commanded goal takes (median first arrival) and the share of transitions after it (the ant
+    waiting at its goal: one goal per episode), and how many episodes are commanded to the evaluation goal's cell."""
     maze = VARIANTS[task_name][0]
     n = len(arrays["observations"])
     ends = np.flatnonzero(arrays["timeouts"]) + 1
@@ -265,10 +267,16 @@ def statistics(arrays: Mapping[str, np.ndarray], task_name: str) -> Dict[str, An
     rewards = arrays["rewards"]
     free = set(empty_cells(maze_map(maze)))
     visited = set(cells_of(xy[:: max(1, n // 200_000)], maze)) & free
+    # first arrival per episode (its length when never): the walk, then the wait
+    arrival = np.array([np.argmax(at_goal[s:e]) if at_goal[s:e].any() else e - s for s, e in zip(starts, ends)])
+    goal_cells = cells_of(arrays["infos/goal"][starts], maze)
     return {
         "transitions": int(n),
         "episodes": int(len(ends)),
         "commanded_goal_reached": float(np.mean([at_goal[s:e].any() for s, e in zip(starts, ends)])),
+        "median_steps_to_commanded_goal": float(np.median(arrival)),
+        "share_after_arrival": round(1.0 - float(arrival.sum()) / n, 4),
+        "episodes_commanded_to_eval_goal_cell": int(sum(c == tuple(ant.EVAL_GOAL_CELLS[maze]) for c in goal_cells)),
         "eval_goal_reached": float(np.mean([rewards[s:e].any() for s, e in zip(starts, ends)])),
         "reward_sum": float(rewards.sum()),
         "cells_visited": int(len(visited)),
