@@ -63,6 +63,8 @@ class TrainConfig:
     rtg_scale: float = 1.0  # reward tasks: returns-to-go are divided by this
     end_fraction: float = 0.0  # share of each batch starting in the last end_window steps of a trajectory
     end_window: int = 8  # goal tasks: the steps that reach the goal (the only data showing how to stop there)
+    goal_relabel: float = 0.0  # goal tasks: share of segments whose goal is a later position of their own trajectory
+    # (uniform up to its end; R recomputed for it), as goal-conditioned RL relabels; 0: the collector's goal only
     # --- (1) multi-scale autoencoder
     scales: List[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])  # token-map lengths l_1..l_K; l_K = L
     codebook_size: int = 512  # V: entries of the one codebook shared by all scales
@@ -154,6 +156,7 @@ class TrajectoryData:
     cond_dim: int
     goal_conditioned: bool
     info: dict  # dataset source and recipe, for the results file
+    goal_radius: float = 0.0  # goal tasks: distance (raw units) at which a goal counts as reached
 
 
 def load_data(config: TrainConfig, device: torch.device) -> TrajectoryData:
@@ -162,6 +165,8 @@ def load_data(config: TrainConfig, device: torch.device) -> TrajectoryData:
     if task.goal_conditioned and config.return_target_expectile > 0 and not config.return_condition:
         raise RunError("return_target_expectile > 0 needs --return_condition true on a goal task (R is a condition "
                        "only then)")
+    if config.goal_relabel > 0 and not task.goal_conditioned:
+        raise RunError(f"goal_relabel needs a goal task; {config.task} has none")
     data, info = load_dataset(task, dataset_path=config.dataset_path, size=config.dataset_size,
                               seed=config.dataset_seed)
     obs, actions = data["observations"].astype(np.float32), data["actions"].astype(np.float32)
@@ -182,12 +187,14 @@ def load_data(config: TrainConfig, device: torch.device) -> TrajectoryData:
     cond = np.concatenate([x, goal_n], 1).astype(np.float32)  # (R_t, s_t [, g])
     if task.goal_conditioned and not config.return_condition:
         cond = cond[:, 1:]  # (s_t, g)
-    buffer = SegmentBuffer({"x": x, "cond": cond, "actions": actions}, bounds, config.horizon, device,
-                           end_window=config.end_window)
+    fields = {"x": x, "cond": cond, "actions": actions}
+    if config.goal_relabel > 0:
+        fields["pos"] = obs[:, :2]  # raw (x, y): where a relabelled goal is reached
+    buffer = SegmentBuffer(fields, bounds, config.horizon, device, end_window=config.end_window)
     print(f"[mage] {config.task}: {len(obs):,} transitions, {buffer.num_trajectories:,} trajectories, "
           f"data = {info['source']}")
     return TrajectoryData(buffer, obs_norm, obs.shape[1], actions.shape[1], cond.shape[1],
-                          task.goal_conditioned, info)
+                          task.goal_conditioned, info, goal_radius(task) if task.goal_conditioned else 0.0)
 
 
 # ============================================================================ (1) multi-scale trajectory autoencoder
@@ -737,7 +744,34 @@ def update(model: MAGE, optimizer: torch.optim.Optimizer, batch: dict, config: T
 
 
 def sample_batch(data: TrajectoryData, config: TrainConfig) -> dict:
-    return data.buffer.sample(config.batch_size, end_fraction=config.end_fraction)
+    batch = data.buffer.sample(config.batch_size, end_fraction=config.end_fraction, with_start=config.goal_relabel > 0)
+    return relabel_goals(batch, data, config) if config.goal_relabel > 0 else batch
+
+
+def relabel_goals(batch: dict, data: TrajectoryData, config: TrainConfig) -> dict:
+    """Hindsight relabelling: a ``goal_relabel`` share of the segments aim at a later position of their own
+    trajectory instead of the collector's goal, and every step's R becomes discount^(steps until within the goal
+    radius of it). Without it antmaze has one goal per 1,000-step episode, most of its steps waiting there.
+    Device-side tensor ops only, so it runs inside the captured training step."""
+    buffer, start = data.buffer, batch.pop("start")
+    row = buffer.future_rows(start)  # [B]: the relabelled goal is where the trajectory is at this row
+    x, pos = batch["x"], batch.pop("pos")
+    horizon = x.shape[1]
+    steps = torch.arange(horizon, device=x.device)
+    reached = (pos - buffer.fields["pos"][row][:, None]).norm(dim=-1) <= data.goal_radius  # [B, H]
+    never = torch.full_like(reached, 2 ** 30, dtype=torch.long)
+    # first step >= t inside the segment that is within the radius (a reverse running minimum)
+    next_hit = torch.where(reached, steps.expand_as(reached), never).flip(1).cummin(1).values.flip(1)
+    goal_at = (row - start)[:, None]  # the goal row itself; beyond the segment when >= H
+    arrive = torch.where(steps <= goal_at, torch.minimum(next_hit, goal_at), next_hit)
+    r = torch.where(arrive < 2 ** 30, torch.pow(config.discount, (arrive - steps).clamp_min(0).float()), 0.0)
+    relabel = (torch.rand(len(start), device=x.device) < config.goal_relabel)[:, None]
+    x = torch.cat([torch.where(relabel, r, x[..., 0])[..., None], x[..., 1:]], -1)
+    # a normalised goal is the normalised state's (x, y) (Normalizer.goal), i.e. x's columns 1:3
+    goal = torch.where(relabel[..., None], buffer.fields["x"][row][:, None, 1:3], batch["cond"][..., -2:])
+    cond = torch.cat([x, goal], -1)
+    batch.update(x=x, cond=cond if config.return_condition else cond[..., 1:])
+    return batch
 
 
 def lr_factor(step_in_stage: int, stage_steps: int, warmup: int) -> float:

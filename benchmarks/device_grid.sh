@@ -38,11 +38,13 @@
 # that config alone, so that every run of the grid finds its graphs compiled (real runs hit each other's cache across
 # seeds, step counts and maze sizes: measured on CPU).
 # KEEP_RUNS="mage/mage/multi2d-large/seed2 ..." (run folders under /tmp/runs) makes `watch` also bring back each one's
-# newest checkpoint as $OUT/keep-<task>-<seed>.pt: its config, normalisation and weights in fp16 (a 7.7M-parameter
-# MAGE is 31 MB in fp32, over the 16 MiB a returned file may have; 15.5 MB in fp16), loadable by
-# benchmarks/mage_diagnose.py RUN --checkpoint FILE (the weights are cast back on loading). At most 8 files come back,
+# newest checkpoint as $OUT/keep-<its path, / as ->.pt (keep-mage-mage-multi2d-large-seed2.pt): its config,
+# normalisation and weights in fp16 (a 7.7M-parameter MAGE is 31 MB in fp32, over the 16 MiB a returned file may
+# have; 15.5 MB in fp16), loadable by benchmarks/mage_diagnose.py RUN --checkpoint FILE (the weights are cast back on
+# loading). At most 8 files come back,
 # 64 MiB in all: with a checkpoint, PACK_CACHE=0 leaves the compile cache out. A checkpoint over 15 MB comes back as 15 MB
-# parts keep-<task>-<seed>.pt.partaa, .partab, ...: `cat keep-<task>-<seed>.pt.part* > keep-<task>-<seed>.pt` here.
+# parts keep-....pt.partaa, .partab, ...: `cat keep-NAME.pt.part* > keep-NAME.pt` here. Runs started by hand are named
+# from /tmp/runs: KEEP_RUNS="../runs-NAME/mage-relabel/mage/antmaze-umaze/seed0".
 set -u
 CMD=${1:-watch}
 export WANDB_MODE=${WANDB_MODE:-disabled} MAGE_DATA_DIR=${MAGE_DATA_DIR:-/tmp/data} PYTHONUNBUFFERED=1
@@ -112,7 +114,8 @@ watch() {
     | grep -v grid-all.log) 2>/dev/null
   (cd /tmp && find runs runs-* -name metrics.jsonl 2>/dev/null | tar czf "$OUT/metrics.tar.gz" -T -)
   for r in ${KEEP_RUNS:-}; do  # a run's final weights, small enough to come back (see the header)
-    python3 - "/tmp/runs/$r" "$OUT/keep-$(basename "$(dirname "$r")")-$(basename "$r").pt" <<'PY' || echo "KEEP_RUNS $r: not kept"
+    k="$OUT/keep-$(echo "$r" | sed 's|^\(\.\./\)*||; s|/|-|g').pt"  # its path, / as -: two variants' runs differ
+    python3 - "/tmp/runs/$r" "$k" <<'PY' || echo "KEEP_RUNS $r: not kept"
 import sys
 from pathlib import Path
 import torch
@@ -122,7 +125,7 @@ half = {k: v.half() if v.is_floating_point() else v for k, v in state["model"].i
 torch.save({**{k: state[k] for k in ("config", "obs_norm", "step", "stage") if k in state}, "model": half}, sys.argv[2])
 print(f"kept {ckpt} (fp16 weights) as {sys.argv[2]}")
 PY
-    k="$OUT/keep-$(basename "$(dirname "$r")")-$(basename "$r").pt"  # over 15 MB (antmaze's 9.6M parameters: ~19 MB):
+    # over 15 MB (antmaze's 9.6M parameters: ~19 MB):
     [ -f "$k" ] && [ "$(stat -c %s "$k")" -gt 15728640 ] && split -b 15M "$k" "$k.part" && rm "$k"  # cat the parts
   done
   if [ -d "$TORCHINDUCTOR_CACHE_DIR" ] && [ "${PACK_CACHE:-1}" = 1 ]; then  # the compile cache, for the next call or lease (parts <= 15 MB)

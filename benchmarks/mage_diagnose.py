@@ -20,7 +20,7 @@ Loads the newest checkpoint of a MAGE run folder (its config, models and normali
     and with sampled tokens), beside the same at those episodes' starts: a plan that stays put where the episode
     stalled is a fixed point of the loop.
 An antmaze checkpoint brought back from the GPU host by device_grid.sh's KEEP_RUNS comes in 15 MB parts: `cat
-keep-<task>-<seed>.pt.part* > keep.pt`, then `python benchmarks/mage_diagnose.py . --checkpoint keep.pt` (with a
+keep-<run path>.pt.part* > keep.pt`, then `python benchmarks/mage_diagnose.py . --checkpoint keep.pt` (with a
 checkpoint the run folder is not read; the dataset its config names is generated here on first use).
 Numbers for the data (mean |action| of the dataset) are printed beside them.
 """

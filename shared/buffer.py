@@ -104,7 +104,8 @@ class SegmentBuffer:
 
     ``fields`` maps names to per-step arrays [N, ...] (all the same N); every start t of every trajectory is a
     valid segment start, and ``mask`` [B, H] is 1 on real steps and 0 on padding. ``end_window`` marks the last
-    steps of each trajectory so that ``sample(end_fraction=...)`` can over-represent them.
+    steps of each trajectory so that ``sample(end_fraction=...)`` can over-represent them. ``future_rows`` draws a
+    later step of a segment's own trajectory (hindsight goals).
     """
 
     def __init__(self, fields: dict[str, np.ndarray], bounds: np.ndarray, horizon: int,
@@ -114,7 +115,7 @@ class SegmentBuffer:
         bounds = np.asarray([b for b in bounds if b[1] - b[0] >= min_length])
         if len(bounds) == 0:
             raise ValueError(f"no trajectory of at least {min_length} steps in the dataset")
-        index, starts, mask, end_starts = [], [], [], []
+        index, starts, mask, end_starts, last = [], [], [], [], []
         offset = 0
         for start, end in bounds:
             length = end - start
@@ -124,12 +125,14 @@ class SegmentBuffer:
             mask.append(np.concatenate([np.ones(length), np.zeros(horizon - 1)]))
             starts.append(offset + np.arange(length))
             end_starts.append(offset + np.arange(max(0, length - end_window), length))
+            last.append(np.full(len(idx), offset + length - 1))
             offset += len(idx)
         index = np.concatenate(index)
         self.fields = {k: torch.as_tensor(np.asarray(v)[index], device=self.device) for k, v in fields.items()}
         self.mask = torch.as_tensor(np.concatenate(mask), dtype=torch.float32, device=self.device)
         self.starts = torch.as_tensor(np.concatenate(starts), device=self.device)
         self.end_starts = torch.as_tensor(np.concatenate(end_starts), device=self.device, dtype=torch.long)
+        self.last_row = torch.as_tensor(np.concatenate(last), device=self.device, dtype=torch.long)
         self.num_trajectories = len(bounds)
         self._offsets = torch.arange(horizon, device=self.device)
 
@@ -137,8 +140,9 @@ class SegmentBuffer:
         return len(self.starts)
 
     def sample(self, batch_size: int, generator: Optional[torch.Generator] = None,
-               end_fraction: float = 0.0) -> dict[str, torch.Tensor]:
-        """``end_fraction`` of the batch starts within the last ``end_window`` steps of a trajectory."""
+               end_fraction: float = 0.0, with_start: bool = False) -> dict[str, torch.Tensor]:
+        """``end_fraction`` of the batch starts within the last ``end_window`` steps of a trajectory; ``with_start``
+        adds each segment's first row (``batch["start"]``, for ``future_rows``)."""
         n_end = int(round(batch_size * end_fraction)) if len(self.end_starts) else 0
         pick = torch.randint(len(self.starts), (batch_size - n_end,), device=self.device, generator=generator)
         first = self.starts[pick]
@@ -148,7 +152,16 @@ class SegmentBuffer:
         rows = first[:, None] + self._offsets  # [B, H]
         batch = {k: v[rows] for k, v in self.fields.items()}
         batch["mask"] = self.mask[rows]
+        if with_start:
+            batch["start"] = first
         return batch
+
+    def future_rows(self, start: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """For segment first rows ``start`` [B], a row drawn uniformly from that step to the last step of its
+        trajectory (both included), as ``fields[k][row]`` indexes it."""
+        span = self.last_row[start] - start + 1
+        u = torch.rand(start.shape, device=self.device, generator=generator)
+        return start + torch.minimum((u * span).long(), span - 1)
 
 
 class TransitionBuffer:

@@ -129,9 +129,9 @@ SMALL_MAGE = dict(horizon=16, patch=2, scales=[1, 2, 4, 8], codebook_size=64, co
                   ae_steps=12, tf_steps=12, e2e_steps=12, bf16=False, dataset_size=30_000, task="maze2d-umaze")
 
 
-def _mage_losses(compile: bool) -> list[float]:
+def _mage_losses(compile: bool, **overrides) -> list[float]:
     device = torch.device("cuda")
-    config = mage.TrainConfig(**SMALL_MAGE, compile=compile, device="cuda")
+    config = mage.TrainConfig(**{**SMALL_MAGE, **overrides}, compile=compile, device="cuda")
     torch.manual_seed(0)
     data = mage.load_data(config, device)
     model = mage.MAGE(config, 1 + data.obs_dim, data.cond_dim, data.act_dim).to(device)
@@ -175,9 +175,11 @@ def _one_stage_losses(algo: str, compile: bool) -> list[float]:
 
 
 @pytest.mark.skipif(not CUDA, reason="CUDA graphs need a CUDA device")
-@pytest.mark.parametrize("algo", ["mage", "bc", "iql", "dt", "diffuser"])
+@pytest.mark.parametrize("algo", ["mage", "mage-relabel", "bc", "iql", "dt", "diffuser"])
 def test_captured_steps_give_the_eager_losses(algo):
-    losses = _mage_losses if algo == "mage" else (lambda compile: _one_stage_losses(algo, compile))
+    losses = (_mage_losses if algo == "mage" else
+              (lambda compile: _mage_losses(compile, goal_relabel=0.5, return_condition=True)) if algo == "mage-relabel"
+              else (lambda compile: _one_stage_losses(algo, compile)))
     eager, fast = losses(False), losses(True)
     assert len(eager) == len(fast)
     # same seed, same batches, same updates: only TF32 and atomic-add order differ

@@ -351,3 +351,43 @@ def test_one_training_writes_the_maze2d_and_multi2d_results_of_the_same_policy(t
         mage.main(dataclasses.replace(again, also_evaluate=f"multi2d-large={tmp_path / 'x.json'}"))
     with pytest.raises(mage.RunError, match="expected TASK=PATH"):
         mage.main(dataclasses.replace(again, also_evaluate="multi2d-umaze"))
+
+
+def test_relabelled_goals_are_later_positions_of_the_segment_own_trajectory_with_their_hindsight_return():
+    cfg = mage.TrainConfig(**SMALL, **TINY_DATA, return_condition=True, goal_relabel=1.0)
+    data = mage.load_data(cfg, torch.device("cpu"))
+    buffer, radius = data.buffer, data.goal_radius
+    torch.manual_seed(0)
+    batch = buffer.sample(64, with_start=True)
+    start = batch["start"].clone()
+    collector_goals = batch["cond"][:, 0, -2:].clone()
+    out = mage.relabel_goals(batch, data, cfg)
+    assert "start" not in out and "pos" not in out and out["cond"].shape == (64, cfg.horizon, data.cond_dim)
+    goal = data.obs_norm.goal().unnormalize(out["cond"][:, 0, -2:]).numpy()
+    pos, last = buffer.fields["pos"].numpy(), buffer.last_row.numpy()
+    exact = 0
+    for b, first in enumerate(start.tolist()):
+        rest = pos[first:last[first] + 1]  # this step to the end of its trajectory
+        assert np.linalg.norm(rest - goal[b], axis=1).min() < 1e-4  # a later position of the same trajectory
+        hits = np.flatnonzero(np.linalg.norm(rest - goal[b], axis=1) <= radius)
+        for t in range(cfg.horizon):
+            if batch["mask"][b, t] == 0:
+                continue
+            later = hits[hits >= t]
+            true = cfg.discount ** (later[0] - t) if len(later) else 0.0
+            ours = float(out["x"][b, t, 0])
+            assert ours <= true + 1e-5  # a first arrival past the segment (before the goal row) is not seen
+            if len(later) and later[0] < cfg.horizon:  # the first arrival inside the segment: exact
+                assert ours == pytest.approx(true, abs=1e-5)
+                exact += 1
+    assert exact > 64 * cfg.horizon // 4
+    assert torch.equal(out["cond"][..., :out["x"].shape[-1]], out["x"])  # (R_t, s_t, g), R as relabelled
+    assert not torch.allclose(out["cond"][:, 0, -2:], collector_goals)
+    # a share of 0 changes nothing; without a goal there is nothing to relabel
+    cfg0 = dataclasses.replace(cfg, goal_relabel=1e-9)
+    batch = buffer.sample(64, with_start=True)
+    x, cond = batch["x"].clone(), batch["cond"].clone()
+    out = mage.relabel_goals(batch, data, cfg0)
+    assert torch.equal(out["x"], x) and torch.equal(out["cond"], cond)
+    with pytest.raises(mage.RunError, match="goal_relabel needs a goal task"):
+        mage.load_data(dataclasses.replace(cfg, task="hopper-medium", dataset_size=2000), torch.device("cpu"))
