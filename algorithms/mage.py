@@ -64,7 +64,7 @@ class TrainConfig:
     end_fraction: float = 0.0  # share of each batch starting in the last end_window steps of a trajectory
     end_window: int = 8  # goal tasks: the steps that reach the goal (the only data showing how to stop there)
     goal_relabel: float = 0.0  # goal tasks: share of segments whose goal is a later position of their own trajectory
-    # (uniform up to its end; R recomputed for it), as goal-conditioned RL relabels; 0: the collector's goal only
+    # (k steps ahead with probability ~ discount^k; R recomputed), as goal-conditioned RL relabels; 0: collector's goal
     # --- (1) multi-scale autoencoder
     scales: List[int] = field(default_factory=lambda: [1, 2, 4, 8, 16, 32])  # token-map lengths l_1..l_K; l_K = L
     codebook_size: int = 512  # V: entries of the one codebook shared by all scales
@@ -750,11 +750,13 @@ def sample_batch(data: TrajectoryData, config: TrainConfig) -> dict:
 
 def relabel_goals(batch: dict, data: TrajectoryData, config: TrainConfig) -> dict:
     """Hindsight relabelling: a ``goal_relabel`` share of the segments aim at a later position of their own
-    trajectory instead of the collector's goal, and every step's R becomes discount^(steps until within the goal
-    radius of it). Without it antmaze has one goal per 1,000-step episode, most of its steps waiting there.
-    Device-side tensor ops only, so it runs inside the captured training step."""
+    trajectory (k steps ahead with probability ~ discount^k) instead of the collector's goal, and every step's R
+    becomes discount^(steps until within the goal radius of it). Without it antmaze has one goal per 1,000-step
+    episode, most of its steps waiting there. Device-side tensor ops only: it runs inside the captured step."""
     buffer, start = data.buffer, batch.pop("start")
-    row = buffer.future_rows(start)  # [B]: the relabelled goal is where the trajectory is at this row
+    # (choice) geometric, not uniform up to the trajectory's end: on antmaze that end is mostly the wait at the
+    # collector's goal, so uniform goals would rarely fall inside a walk
+    row = buffer.future_rows(start, config.discount)  # [B]: the relabelled goal is where the trajectory is then
     x, pos = batch["x"], batch.pop("pos")
     horizon = x.shape[1]
     steps = torch.arange(horizon, device=x.device)

@@ -47,7 +47,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     # temperature, as VAR trains, bounds the attention logits whose growth usually drives such spikes
     "mage-qknorm": ("mage", ["--qk_norm", "true"]),
     # antmaze's data has one commanded goal per 1,000-step episode, 83-87% of its steps waiting there (docs/data.md):
-    # half the segments aim at a later position of their own trajectory instead (hindsight relabelling)
+    # half the segments aim at a later position of their own trajectory (hindsight relabelling, ~100 steps ahead)
     "mage-relabel": ("mage", ["--goal_relabel", "0.5"]),
     # goal-conditioned baselines on maze2d (the protocol before issue 13; on multi2d they equal bc / iql / dt):
     # the goal (hindsight collection goal in training) instead of the paper's (observation, reward) only

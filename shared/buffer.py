@@ -6,6 +6,7 @@ GPU and never dominates a training step (``benchmarks/buffer_speed.py`` measures
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
@@ -156,12 +157,15 @@ class SegmentBuffer:
             batch["start"] = first
         return batch
 
-    def future_rows(self, start: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """For segment first rows ``start`` [B], a row drawn uniformly from that step to the last step of its
-        trajectory (both included), as ``fields[k][row]`` indexes it."""
+    def future_rows(self, start: torch.Tensor, discount: Optional[float] = None,
+                    generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """For segment first rows ``start`` [B], a row from that step to the last step of its trajectory (both
+        included), as ``fields[k][row]`` indexes it: uniform, or ``discount`` k steps ahead with probability
+        proportional to discount^k (geometric; what lies past the trajectory's end falls on its last step)."""
         span = self.last_row[start] - start + 1
         u = torch.rand(start.shape, device=self.device, generator=generator)
-        return start + torch.minimum((u * span).long(), span - 1)
+        ahead = (u * span).long() if discount is None else (torch.log1p(-u) / math.log(discount)).long()
+        return start + torch.minimum(ahead, span - 1)
 
 
 class TransitionBuffer:

@@ -1,6 +1,7 @@
 """Property tests (hypothesis) of shared/buffer.py against brute-force definitions on random trajectories."""
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -162,3 +163,23 @@ def test_normalizer_round_trips(n, dim, seed, shift, scale):
         z = norm.normalize(x)
         assert np.abs(z.mean(0)).max() < 1e-2 * (1 + abs(shift) / scale)
         assert (z.std(0) <= 1 + 1e-3).all()
+
+
+def test_future_rows_stay_in_the_segment_own_trajectory_and_the_geometric_ones_look_ahead_discount_steps():
+    bounds = np.array([[0, 400], [400, 450], [450, 2450]])
+    buffer = SegmentBuffer({"t": np.arange(2450)}, bounds, horizon=8)
+    generator = torch.Generator().manual_seed(0)
+    batch = buffer.sample(4096, generator=generator, with_start=True)
+    start = batch["start"]
+    for discount in (None, 0.99):
+        row = buffer.future_rows(start, discount, generator=generator)
+        t0, t1 = buffer.fields["t"][start], buffer.fields["t"][row]
+        traj = np.searchsorted(bounds[:, 1], t0.numpy(), side="right")
+        assert (t1 >= t0).all() and (t1.numpy() < bounds[traj, 1]).all()  # later, same trajectory
+        ahead = (t1 - t0).float()
+        if discount is None:  # uniform over what is left: on average half of it
+            left = torch.as_tensor(bounds[traj, 1]) - t0 - 1
+            assert float(ahead.mean()) == pytest.approx(float(left.float().mean()) / 2, rel=0.05)
+        else:  # in the long trajectory, far from its end: the geometric mean discount / (1 - discount) = 99
+            far = torch.as_tensor(traj == 2) & (t0 < 1500)
+            assert float(ahead[far].mean()) == pytest.approx(99, rel=0.1)
