@@ -61,6 +61,9 @@ def test_generate_caches_atomically_and_verifies(umaze_slice, monkeypatch):
     # umaze commands the evaluation goal's cell every episode; each episode walks there, then waits
     assert checked["check/episodes_commanded_to_eval_goal_cell"] == checked["check/episodes"]
     assert 0 < checked["check/median_steps_to_commanded_goal"] < 1000 and 0 < checked["check/share_after_arrival"] < 1
+    # and from its start cell: the evaluation's whole route (7 cells) is in the data in one piece, every episode
+    assert checked["check/episodes_from_eval_start_cell_to_eval_goal"] == checked["check/episodes"]
+    assert checked["check/eval_route_cells"] == 7 == checked["check/longest_walk_cells"]
 
 
 def _rewrite(src, dst, fix_hash=True, **arrays):

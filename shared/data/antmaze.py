@@ -44,7 +44,7 @@ import numpy as np
 
 from shared.data import ant
 from shared.datasets import DatasetError, Recipe, run_chunks
-from shared.mazes import cell_to_xy, empty_cells, maze_map, xy_to_cell
+from shared.mazes import bfs_path, cell_to_xy, empty_cells, maze_map, xy_to_cell
 from shared.tasks import get_task
 
 RECIPE = "d4rl-antmaze"
@@ -257,7 +257,10 @@ def resimulate(arrays: Mapping[str, np.ndarray], maze: str, indices: Sequence[in
 def statistics(arrays: Mapping[str, np.ndarray], task_name: str) -> Dict[str, Any]:
     """Episodes, how many reach their commanded goal / the evaluation goal, reward sum, maze cells visited; how long
     the walk to the commanded goal takes (median first arrival) and the share of transitions after it (the ant
-    waiting at its goal: one goal per episode), and how many episodes are commanded to the evaluation goal's cell."""
+    waiting at its goal: one goal per episode), and how many episodes are commanded to the evaluation goal's cell.
+    Whether the evaluation's route is in the data in one piece: episodes that pass the evaluation's start cell and
+    later reach its goal, against the route's length and the longest walk (in maze cells); where none does, a policy
+    must stitch pieces of walks together to score."""
     maze = VARIANTS[task_name][0]
     n = len(arrays["observations"])
     ends = np.flatnonzero(arrays["timeouts"]) + 1
@@ -270,6 +273,15 @@ def statistics(arrays: Mapping[str, np.ndarray], task_name: str) -> Dict[str, An
     # first arrival per episode (its length when never): the walk, then the wait
     arrival = np.array([np.argmax(at_goal[s:e]) if at_goal[s:e].any() else e - s for s, e in zip(starts, ends)])
     goal_cells = cells_of(arrays["infos/goal"][starts], maze)
+    cells = cells_of(xy, maze)
+    start_cell = tuple(ant.EVAL_START_CELL)
+    route = len(bfs_path(maze_map(maze), start_cell, tuple(ant.EVAL_GOAL_CELLS[maze])))  # cells, both ends included
+    walks, whole_route = [], 0
+    for s, e, a in zip(starts, ends, arrival):
+        walk = [c for i, c in enumerate(cells[s:s + a + 1]) if i == 0 or c != cells[s + i - 1]]  # cells in order
+        walks.append(len(walk))
+        first_reward = np.argmax(rewards[s:e]) if rewards[s:e].any() else None
+        whole_route += first_reward is not None and start_cell in cells[s:s + first_reward + 1]
     return {
         "transitions": int(n),
         "episodes": int(len(ends)),
@@ -278,6 +290,9 @@ def statistics(arrays: Mapping[str, np.ndarray], task_name: str) -> Dict[str, An
         "share_after_arrival": round(1.0 - float(arrival.sum()) / n, 4),
         "episodes_commanded_to_eval_goal_cell": int(sum(c == tuple(ant.EVAL_GOAL_CELLS[maze]) for c in goal_cells)),
         "eval_goal_reached": float(np.mean([rewards[s:e].any() for s, e in zip(starts, ends)])),
+        "episodes_from_eval_start_cell_to_eval_goal": int(whole_route),
+        "eval_route_cells": int(route),
+        "longest_walk_cells": int(max(walks)),
         "reward_sum": float(rewards.sum()),
         "cells_visited": int(len(visited)),
         "free_cells": int(len(free)),
