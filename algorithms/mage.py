@@ -58,6 +58,8 @@ class TrainConfig:
     dataset_size: Optional[int] = None  # transitions of embedded data to generate/use (None: the task's full size)
     dataset_seed: int = 0  # seed of the embedded dataset generator
     horizon: int = 64  # H: time steps per generated segment
+    plan_dims: int = 0  # > 0: the generated segment holds only the state's first plan_dims dims (antmaze: 2, the path
+    # in (x, y); the condition keeps the whole state); 0: the whole state
     patch: int = 2  # temporal downsampling of the encoder: latent length L = horizon / patch (power of 2)
     discount: float = 0.99  # goal tasks: R_t = discount^(steps to the goal); reward tasks: RTG discount
     rtg_scale: float = 1.0  # reward tasks: returns-to-go are divided by this
@@ -137,13 +139,20 @@ def check_shapes(config: TrainConfig) -> None:
         raise RunError(f"scales {config.scales} must increase from >= 1 and end at horizon/patch = {L}")
     if config.head_condition not in ("all", "state"):
         raise RunError(f"head_condition must be 'all' or 'state', not '{config.head_condition}'")
+    if config.plan_dims < 0:
+        raise RunError(f"plan_dims must be >= 0 (0: the whole state), not {config.plan_dims}")
 
 
-def state_columns(config: TrainConfig, x_dim: int, cond_dim: int) -> slice:
-    """Where s_t sits in the condition that load_data builds: (R_t, s_t) on reward tasks (cond_dim == x_dim),
+def plan_width(config: TrainConfig, obs_dim: int) -> int:
+    """Channels of a generated segment: R_t, then the state's first plan_dims dims (all of them with 0)."""
+    return 1 + (config.plan_dims or obs_dim)
+
+
+def state_columns(config: TrainConfig, obs_dim: int, cond_dim: int) -> slice:
+    """Where s_t sits in the condition that load_data builds: (R_t, s_t) on reward tasks (cond_dim == 1 + obs_dim),
     (R_t, s_t, g) on goal tasks with return_condition, (s_t, g) without."""
-    start = 1 if cond_dim == x_dim or config.return_condition else 0
-    return slice(start, start + x_dim - 1)
+    start = 1 if cond_dim == 1 + obs_dim or config.return_condition else 0
+    return slice(start, start + obs_dim)
 
 
 # ============================================================================ data
@@ -167,6 +176,8 @@ def load_data(config: TrainConfig, device: torch.device) -> TrajectoryData:
                        "only then)")
     if config.goal_relabel > 0 and not task.goal_conditioned:
         raise RunError(f"goal_relabel needs a goal task; {config.task} has none")
+    if task.goal_conditioned and config.plan_dims == 1:
+        raise RunError("plan_dims on a goal task must be 0 or >= 2: the plan holds the goal's (x, y)")
     data, info = load_dataset(task, dataset_path=config.dataset_path, size=config.dataset_size,
                               seed=config.dataset_seed)
     obs, actions = data["observations"].astype(np.float32), data["actions"].astype(np.float32)
@@ -175,6 +186,8 @@ def load_data(config: TrainConfig, device: torch.device) -> TrajectoryData:
     goals = data["infos/goal"].astype(np.float32) if task.goal_conditioned else None
     bounds = split_trajectories(data["terminals"], data["timeouts"], goals)
     check_data_fits(config, bounds)  # e.g. a dataset_size too small for the horizon: one line, before training
+    if config.plan_dims > obs.shape[1]:
+        raise RunError(f"plan_dims ({config.plan_dims}) is more than the {obs.shape[1]} dims of {config.task}'s state")
     obs_norm = Normalizer.fit(obs)
     s = obs_norm.normalize(obs)
     if task.goal_conditioned:
@@ -183,8 +196,8 @@ def load_data(config: TrainConfig, device: torch.device) -> TrajectoryData:
     else:
         rtg = returns_to_go(data["rewards"], bounds, config.discount) / config.rtg_scale
         goal_n = np.zeros((len(obs), 0), np.float32)
-    x = np.concatenate([rtg[:, None], s], 1).astype(np.float32)
-    cond = np.concatenate([x, goal_n], 1).astype(np.float32)  # (R_t, s_t [, g])
+    cond = np.concatenate([rtg[:, None], s, goal_n], 1).astype(np.float32)  # (R_t, s_t [, g])
+    x = cond[:, :plan_width(config, obs.shape[1])].copy()  # the generated channels: (R_t, s_t or its first dims)
     if task.goal_conditioned and not config.return_condition:
         cond = cond[:, 1:]  # (s_t, g)
     fields = {"x": x, "cond": cond, "actions": actions}
@@ -566,23 +579,24 @@ class MultiScaleTransformer(nn.Module):
         return f_hat, idx_list
 
 
-def inverse_head(config: TrainConfig, x_dim: int, cond_dim: int, act_dim: int) -> LatentInverseDynamics:
+def inverse_head(config: TrainConfig, obs_dim: int, cond_dim: int, act_dim: int) -> LatentInverseDynamics:
     """The latent inverse-dynamics head, seeing the columns of the condition that ``head_condition`` names."""
-    cols = state_columns(config, x_dim, cond_dim) if config.head_condition == "state" else slice(None)
+    cols = state_columns(config, obs_dim, cond_dim) if config.head_condition == "state" else slice(None)
     return LatentInverseDynamics(config.code_dim, config.horizon // config.patch, cond_dim, act_dim, cond_cols=cols)
 
 
 # ============================================================================ (3) MAGE = the three parts together
 class MAGE(nn.Module):
-    def __init__(self, config: TrainConfig, x_dim: int, cond_dim: int, act_dim: int) -> None:
+    def __init__(self, config: TrainConfig, obs_dim: int, cond_dim: int, act_dim: int) -> None:
         super().__init__()
         check_shapes(config)
+        x_dim = plan_width(config, obs_dim)  # the generated segment's channels
         self.decoder_condition = config.decoder_condition
         self.encoder = TrajectoryEncoder(x_dim, config.ae_channels, config.code_dim, config.patch, config.ae_blocks)
         self.vq = MultiScaleVQ(config.scales, config.codebook_size, config.code_dim, config.beta, config.phi_ratio)
         self.decoder = ConditionGuidedDecoder(x_dim, config.ae_channels, config.code_dim, cond_dim, config.patch,
                                               config.ae_blocks, config.adapter_dim)
-        self.inverse = inverse_head(config, x_dim, cond_dim, act_dim)
+        self.inverse = inverse_head(config, obs_dim, cond_dim, act_dim)
         self.transformer = MultiScaleTransformer(config.scales, config.codebook_size, config.code_dim, cond_dim,
                                                  config.d_model, config.n_layers, config.n_heads, config.dropout,
                                                  config.qk_norm)
@@ -768,11 +782,13 @@ def relabel_goals(batch: dict, data: TrajectoryData, config: TrainConfig) -> dic
     arrive = torch.where(steps <= goal_at, torch.minimum(next_hit, goal_at), next_hit)
     r = torch.where(arrive < 2 ** 30, torch.pow(config.discount, (arrive - steps).clamp_min(0).float()), 0.0)
     relabel = (torch.rand(len(start), device=x.device) < config.goal_relabel)[:, None]
-    x = torch.cat([torch.where(relabel, r, x[..., 0])[..., None], x[..., 1:]], -1)
+    r = torch.where(relabel, r, x[..., 0])[..., None]
     # a normalised goal is the normalised state's (x, y) (Normalizer.goal), i.e. x's columns 1:3
-    goal = torch.where(relabel[..., None], buffer.fields["x"][row][:, None, 1:3], batch["cond"][..., -2:])
-    cond = torch.cat([x, goal], -1)
-    batch.update(x=x, cond=cond if config.return_condition else cond[..., 1:])
+    cond = batch["cond"]
+    goal = torch.where(relabel[..., None], buffer.fields["x"][row][:, None, 1:3], cond[..., -2:])
+    rest = cond[..., 1:-2] if config.return_condition else cond[..., :-2]  # s_t
+    batch.update(x=torch.cat([r, x[..., 1:]], -1),
+                 cond=torch.cat([r, rest, goal] if config.return_condition else [rest, goal], -1))
     return batch
 
 
@@ -907,7 +923,7 @@ def main(config: TrainConfig) -> dict:
     set_seed(config.seed)
     run_dir = prepare_run_dir(config, "mage")
     data = load_data(config, device)
-    model = MAGE(config, 1 + data.obs_dim, data.cond_dim, data.act_dim).to(device)
+    model = MAGE(config, data.obs_dim, data.cond_dim, data.act_dim).to(device)
     print(f"[mage] {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {device_name(device)}")
     logger = Logger(config, "mage", run_dir, config.wandb_mode, config.project)
     policy = MagePolicy(model, data, config, device)  # one policy: its CUDA graphs persist

@@ -48,7 +48,7 @@ def main() -> None:
     config = mage.TrainConfig(task="maze2d-large", dataset_size=args.size, horizon=128, patch=4, batch_size=256,
                               wandb_mode="disabled")
     data = mage.load_data(config, device)
-    model = mage.MAGE(config, 1 + data.obs_dim, data.cond_dim, data.act_dim).to(device)
+    model = mage.MAGE(config, data.obs_dim, data.cond_dim, data.act_dim).to(device)
     sample = lambda: data.buffer.sample(256)  # noqa: E731
     results = {"device": device_name(device), "batch": 256, "horizon": 128, "sample_ms": 1e3 * timed(sample, device,
                                                                                                       args.reps)}

@@ -258,7 +258,8 @@ def stall_probe(policy, rec, reached: np.ndarray, goals: np.ndarray) -> None:
     print(f"stall probe: the {len(failed)} episodes that never reached the goal, at their last state (speed "
           f"{np.median(speed(last[failed])):.3f} median, {np.median(dist):.2f} from the goal)")
     # how often the data shows a state that slow (its collector never stops on the way: such states are rare in it)
-    obs = data.buffer.fields["x"][:, 1:].float().cpu().numpy() * data.obs_norm.std + data.obs_norm.mean
+    cols = mage.state_columns(config, data.obs_dim, data.cond_dim)  # s_t in the condition (x may hold fewer dims)
+    obs = data.buffer.fields["cond"][:, cols].float().cpu().numpy() * data.obs_norm.std + data.obs_norm.mean
     print(f"  data: {speed_summary(obs, geo.velocity)}; the episodes start at speed "
           f"{np.median(speed(first)):.3f} (median)")
     if reached.any():
@@ -285,18 +286,19 @@ def stall_probe(policy, rec, reached: np.ndarray, goals: np.ndarray) -> None:
     # the action's direction: a point mass's action is its (x, y) force; an ant's joint torques have none
     to_goal, to_plan = ((cosine(act[:, :2], goals[failed] - xy), cosine(act[:, :2], ahead)) if act.shape[1] == 2
                         else (np.full(len(xy), np.nan), np.full(len(xy), np.nan)))
+    directed = act.shape[1] == 2  # only then is the action a direction to compare with the goal's and the plan's
     print(f"  at the end: {np.mean(near < geo.touch):.0%} touch a wall (within {geo.touch} of a wall cell's edge); "
           f"the plan enters a wall "
           f"cell in {np.mean(in_wall >= 0):.0%} (first such step: median "
-          f"{np.median(in_wall[in_wall >= 0]) if (in_wall >= 0).any() else float('nan'):.0f}); cosine of the action "
-          f"with the straight line to the goal {np.median(to_goal):.2f}, with the plan's first 8 steps "
-          f"{np.median(to_plan):.2f} (medians)")
+          f"{np.median(in_wall[in_wall >= 0]) if (in_wall >= 0).any() else float('nan'):.0f})"
+          + (f"; cosine of the action with the straight line to the goal {np.median(to_goal):.2f}, with the plan's "
+             f"first 8 steps {np.median(to_plan):.2f} (medians)" if directed else ""))
     for i, k in enumerate(failed[:15]):
         print(f"    episode {k}: end ({last[k, 0]:.2f}, {last[k, 1]:.2f}) speed {speed(last[k]):.3f}, "
               f"goal ({goals[k, 0]:.1f}, {goals[k, 1]:.1f}); R asked {r_star[i]:.3f}, plan moves "
               f"{moved(path[i:i + 1], xy[i:i + 1])[0]:.2f}, |action| {np.abs(act[i]).mean():.2f}; wall "
-              f"{near[i]:.2f} away, plan in a wall from step {in_wall[i]}; action vs goal line {to_goal[i]:+.2f}, "
-              f"vs plan {to_plan[i]:+.2f}")
+              f"{near[i]:.2f} away, plan in a wall from step {in_wall[i]}"
+              + (f"; action vs goal line {to_goal[i]:+.2f}, vs plan {to_plan[i]:+.2f}" if directed else ""))
 
 
 def main() -> None:
@@ -339,7 +341,7 @@ def main() -> None:
     data = mage.load_data(config, device)
     if not data.goal_conditioned:
         raise RunError(f"{config.task} is not a goal task: this diagnosis measures goal reaching")
-    model = mage.MAGE(config, 1 + data.obs_dim, data.cond_dim, data.act_dim).to(device)
+    model = mage.MAGE(config, data.obs_dim, data.cond_dim, data.act_dim).to(device)
     model.load_state_dict(state["model"])  # the weights the run acts with
     model.eval()
     print(f"data: mean |action| {data.buffer.fields['actions'].abs().mean():.2f}")

@@ -49,6 +49,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     # antmaze's data has one commanded goal per 1,000-step episode, 83-87% of its steps waiting there (docs/data.md):
     # half the segments aim at a later position of their own trajectory (hindsight relabelling, ~100 steps ahead)
     "mage-relabel": ("mage", ["--goal_relabel", "0.5"]),
+    # the generated segment is the (x, y) path only, the condition the whole state: an antmaze latent of all 29 dims is
+    # mostly the ant's gait, and its decoded positions were 1-3 m off (budget/h100-2026-12-07c)
+    "mage-path": ("mage", ["--plan_dims", "2"]),
     # goal-conditioned baselines on maze2d (the protocol before issue 13; on multi2d they equal bc / iql / dt):
     # the goal (hindsight collection goal in training) instead of the paper's (observation, reward) only
     "bc-goal": ("bc", ["--goal_input", "true"]),

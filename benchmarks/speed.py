@@ -334,7 +334,7 @@ class Bench:
         buffer = SegmentBuffer({"x": x, "cond": cond, "actions": a["actions"]}, bounds, c.horizon, dev,
                                end_window=c.end_window)
         self.data = m.TrajectoryData(buffer, identity_norm(OBS_DIM), OBS_DIM, ACT_DIM, cond_dim, True, {})
-        self.model = m.MAGE(c, 1 + OBS_DIM, cond_dim, ACT_DIM).to(dev)
+        self.model = m.MAGE(c, OBS_DIM, cond_dim, ACT_DIM).to(dev)
         self.stages = lambda: m.training_stages(c, self.data, self.model, dev)
         self.make_policy = lambda: m.MagePolicy(self.model, self.data, c, dev)
 

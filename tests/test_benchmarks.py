@@ -805,7 +805,7 @@ def test_refit_head_fits_a_head_without_the_goal_on_generated_latents():
                               dataset_size=30_000, device="cpu", return_condition=True, wandb_mode="disabled")
     data = mage.load_data(config, torch.device("cpu"))
     torch.manual_seed(0)
-    model = mage.MAGE(config, 1 + data.obs_dim, data.cond_dim, data.act_dim).eval()
+    model = mage.MAGE(config, data.obs_dim, data.cond_dim, data.act_dim).eval()
     transformer = {k: v.clone() for k, v in model.transformer.state_dict().items()}
     untrained = diagnose.refit_head(model, data, config, "state", steps=0, seed=0, pool=2048)
     fitted = diagnose.refit_head(model, data, config, "state", steps=300, seed=0, pool=2048)

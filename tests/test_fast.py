@@ -134,7 +134,7 @@ def _mage_losses(compile: bool, **overrides) -> list[float]:
     config = mage.TrainConfig(**{**SMALL_MAGE, **overrides}, compile=compile, device="cuda")
     torch.manual_seed(0)
     data = mage.load_data(config, device)
-    model = mage.MAGE(config, 1 + data.obs_dim, data.cond_dim, data.act_dim).to(device)
+    model = mage.MAGE(config, data.obs_dim, data.cond_dim, data.act_dim).to(device)
     stages, _ = mage.training_stages(config, data, model, device)
     losses, i = [], 0
     for stage in stages:
@@ -193,7 +193,7 @@ def test_captured_plan_gives_the_eager_actions(inductor):
     config = mage.TrainConfig(**SMALL_MAGE, device="cuda")
     data = mage.load_data(config, device)
     torch.manual_seed(0)
-    model = mage.MAGE(config, 1 + data.obs_dim, data.cond_dim, data.act_dim).to(device).eval()
+    model = mage.MAGE(config, data.obs_dim, data.cond_dim, data.act_dim).to(device).eval()
     obs, goals = torch.randn(5, data.obs_dim).numpy(), torch.randn(5, 2).numpy()
     actions = []
     for compile in (False, True):
@@ -213,7 +213,7 @@ def test_the_plan_traces_as_one_graph_and_gives_the_eager_actions(qk_norm):
                               return_target_expectile=0.9, qk_norm=qk_norm)
     data = mage.load_data(config, torch.device("cpu"))
     torch.manual_seed(0)
-    model = mage.MAGE(config, 1 + data.obs_dim, data.cond_dim, data.act_dim).eval()
+    model = mage.MAGE(config, data.obs_dim, data.cond_dim, data.act_dim).eval()
     policy = mage.MagePolicy(model, data, config, torch.device("cpu"))
     cond = data.buffer.sample(6)["cond"][:, 0]
     with torch.no_grad():

@@ -35,7 +35,7 @@ def smooth_batch(batch: int = 32, horizon: int = 16, dim: int = 5, seed: int = 0
 def small_model(**overrides):
     torch.manual_seed(0)
     config = mage.TrainConfig(**{**SMALL, **overrides})
-    return config, mage.MAGE(config, x_dim=5, cond_dim=7, act_dim=2)
+    return config, mage.MAGE(config, obs_dim=4, cond_dim=7, act_dim=2)
 
 
 def fit(model, config, stage, batch, steps):
@@ -188,7 +188,7 @@ def test_resume_after_a_kill_reaches_the_same_parameters(tmp_path):
 
     def run(cfg, kill_at=None):
         torch.manual_seed(cfg.seed)
-        model = mage.MAGE(cfg, 1 + data.obs_dim, data.cond_dim, data.act_dim)
+        model = mage.MAGE(cfg, data.obs_dim, data.cond_dim, data.act_dim)
         run_dir = tmp_path / cfg.out_dir
         logger = mage.Logger(cfg, "mage", run_dir, "disabled")
         if kill_at is not None:  # simulate SIGKILL: the process dies right after logging step kill_at
@@ -286,7 +286,7 @@ def test_a_learnt_return_target_replaces_the_fixed_one():
     cfg = mage.TrainConfig(**SMALL, **TINY_DATA, return_condition=True, return_target_expectile=0.9)
     data = mage.load_data(cfg, torch.device("cpu"))
     torch.manual_seed(0)
-    model = mage.MAGE(cfg, 1 + data.obs_dim, data.cond_dim, data.act_dim)
+    model = mage.MAGE(cfg, data.obs_dim, data.cond_dim, data.act_dim)
     obs = np.random.default_rng(0).uniform(0.5, 3.0, (3, data.obs_dim)).astype(np.float32)
 
     def actions(config):
@@ -309,10 +309,10 @@ def test_a_state_only_head_reads_the_state_columns_of_every_condition_layout_and
         cfg = mage.TrainConfig(**SMALL, **TINY_DATA, return_condition=return_condition, head_condition="state")
         data = mage.load_data(cfg, device)
         batch = data.buffer.sample(8)
-        cols = mage.state_columns(cfg, 1 + data.obs_dim, data.cond_dim)
+        cols = mage.state_columns(cfg, data.obs_dim, data.cond_dim)
         assert torch.equal(batch["cond"][:, 0, cols], batch["x"][:, 0, 1:])  # exactly s_t, as load_data builds it
         torch.manual_seed(0)
-        model = mage.MAGE(cfg, 1 + data.obs_dim, data.cond_dim, data.act_dim)
+        model = mage.MAGE(cfg, data.obs_dim, data.cond_dim, data.act_dim)
         z, cond = torch.randn(8, cfg.horizon // cfg.patch, cfg.code_dim), batch["cond"][:, 0]
         other = cond.clone()
         other[:, :cols.start] += 1.0  # another R (where there is one)
@@ -321,11 +321,11 @@ def test_a_state_only_head_reads_the_state_columns_of_every_condition_layout_and
         moved = cond.clone()
         moved[:, cols] += 1.0
         assert not torch.allclose(model.inverse(z, cond), model.inverse(z, moved))
-        full = mage.MAGE(dataclasses.replace(cfg, head_condition="all"), 1 + data.obs_dim, data.cond_dim, data.act_dim)
+        full = mage.MAGE(dataclasses.replace(cfg, head_condition="all"), data.obs_dim, data.cond_dim, data.act_dim)
         assert not torch.allclose(full.inverse(z, cond), full.inverse(z, other))  # the default head sees the goal
-    assert mage.state_columns(cfg, 5, 5) == slice(1, 5)  # reward tasks: (R_t, s_t)
+    assert mage.state_columns(cfg, 4, 5) == slice(1, 5)  # reward tasks: (R_t, s_t)
     with pytest.raises(mage.RunError, match="head_condition must be 'all' or 'state'"):
-        mage.MAGE(dataclasses.replace(cfg, head_condition="goal"), 1 + data.obs_dim, data.cond_dim, data.act_dim)
+        mage.MAGE(dataclasses.replace(cfg, head_condition="goal"), data.obs_dim, data.cond_dim, data.act_dim)
 
 
 def test_one_training_writes_the_maze2d_and_multi2d_results_of_the_same_policy(tmp_path):
@@ -391,3 +391,25 @@ def test_relabelled_goals_are_later_positions_of_the_segment_own_trajectory_with
     assert torch.equal(out["x"], x) and torch.equal(out["cond"], cond)
     with pytest.raises(mage.RunError, match="goal_relabel needs a goal task"):
         mage.load_data(dataclasses.replace(cfg, task="hopper-medium", dataset_size=2000), torch.device("cpu"))
+
+
+def test_plan_dims_generates_the_path_only_keeps_the_whole_state_as_condition_and_learns():
+    cfg = mage.TrainConfig(**SMALL, **TINY_DATA, return_condition=True, plan_dims=2, goal_relabel=0.5)
+    data = mage.load_data(cfg, torch.device("cpu"))
+    torch.manual_seed(0)
+    batch = mage.sample_batch(data, cfg)  # with relabelled goals: the condition keeps its (R_t, s_t, g) layout
+    assert batch["x"].shape[-1] == 3 and batch["cond"].shape[-1] == 1 + data.obs_dim + 2
+    assert torch.equal(batch["cond"][..., :3], batch["x"])  # R_t and the (x, y) path are the state's first dims
+    model = mage.MAGE(cfg, data.obs_dim, data.cond_dim, data.act_dim)
+    assert model.encoder.net[0].in_channels == 3
+    assert model.decode(torch.zeros(2, cfg.code_dim, 8), batch["cond"][:2, 0]).shape == (2, cfg.horizon, 3)
+    losses = fit(model, cfg, "autoencoder", batch, 60)
+    assert losses[-1] < 0.5 * losses[0]
+    policy = mage.MagePolicy(model, data, cfg, torch.device("cpu"))
+    policy.reset(np.array([[3.0, 1.0]] * 2))
+    assert policy.act(np.ones((2, data.obs_dim), np.float32), np.zeros(2)).shape == (2, data.act_dim)
+    for bad, match in ((dict(plan_dims=1), "must be 0 or >= 2"), (dict(plan_dims=5), "more than the 4 dims")):
+        with pytest.raises(mage.RunError, match=match):
+            mage.load_data(dataclasses.replace(cfg, **bad), torch.device("cpu"))
+    with pytest.raises(mage.RunError, match="plan_dims must be >= 0"):
+        mage.TrainConfig(plan_dims=-1)
