@@ -121,7 +121,7 @@ def refit_head(model, data, config, head_condition: str, steps: int, seed: int, 
     latents of ``pool`` training segments (what the head acts on at evaluation): does the same model, with a head
     that cannot see the goal, act differently? Returns the refitted head's L_inv on those latents."""
     torch.manual_seed(seed)
-    head = mage.inverse_head(dataclasses.replace(config, head_condition=head_condition), 1 + data.obs_dim,
+    head = mage.inverse_head(dataclasses.replace(config, head_condition=head_condition), data.obs_dim,
                              data.cond_dim, data.act_dim).to(next(model.parameters()).device)
     latents, conds, actions, masks = [], [], [], []
     with torch.no_grad():
