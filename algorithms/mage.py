@@ -12,6 +12,7 @@ Choices the paper leaves open are marked "(choice)" and listed in docs/mage.md.
 """
 
 
+from collections import deque
 import itertools
 import math
 import sys
@@ -123,6 +124,9 @@ class TrainConfig:
     # condition, learnt from the data in stage 1 (ReturnTarget), instead of target_return (goal tasks: with
     # return_condition)
     temperature: float = 0.0  # token sampling temperature at evaluation (0: argmax)
+    waypoint_hops: int = 0  # goal tasks, > 0: plan towards a waypoint this many squares along the data's shortest
+    # route to the goal (WaypointGraph: stitches walks; antmaze-large's route is in no single walk); 0: the goal
+    waypoint_square: float = 1.0  # side of the squares (x, y units) that WaypointGraph's nodes are
 
     def __post_init__(self) -> None:
         check_shapes(self)  # a bad --scales or --patch is one line before any data is loaded
@@ -166,6 +170,7 @@ class TrajectoryData:
     goal_conditioned: bool
     info: dict  # dataset source and recipe, for the results file
     goal_radius: float = 0.0  # goal tasks: distance (raw units) at which a goal counts as reached
+    waypoints: Optional["WaypointGraph"] = None  # with waypoint_hops: the data's routes, for the evaluation policy
 
 
 def load_data(config: TrainConfig, device: torch.device) -> TrajectoryData:
@@ -178,6 +183,9 @@ def load_data(config: TrainConfig, device: torch.device) -> TrajectoryData:
         raise RunError(f"goal_relabel needs a goal task; {config.task} has none")
     if task.goal_conditioned and config.plan_dims == 1:
         raise RunError("plan_dims on a goal task must be 0 or >= 2: the plan holds the goal's (x, y)")
+    if config.waypoint_hops and (not task.goal_conditioned or config.waypoint_hops < 0 or config.waypoint_square <= 0):
+        raise RunError(f"waypoint_hops ({config.waypoint_hops}) needs a goal task and waypoint_square > 0 "
+                       f"({config.waypoint_square}); {config.task} is {'' if task.goal_conditioned else 'not '}one")
     data, info = load_dataset(task, dataset_path=config.dataset_path, size=config.dataset_size,
                               seed=config.dataset_seed)
     obs, actions = data["observations"].astype(np.float32), data["actions"].astype(np.float32)
@@ -206,8 +214,9 @@ def load_data(config: TrainConfig, device: torch.device) -> TrajectoryData:
     buffer = SegmentBuffer(fields, bounds, config.horizon, device, end_window=config.end_window)
     print(f"[mage] {config.task}: {len(obs):,} transitions, {buffer.num_trajectories:,} trajectories, "
           f"data = {info['source']}")
+    waypoints = WaypointGraph(obs[:, :2], bounds, config.waypoint_square) if config.waypoint_hops else None
     return TrajectoryData(buffer, obs_norm, obs.shape[1], actions.shape[1], cond.shape[1],
-                          task.goal_conditioned, info, goal_radius(task) if task.goal_conditioned else 0.0)
+                          task.goal_conditioned, info, goal_radius(task) if task.goal_conditioned else 0.0, waypoints)
 
 
 # ============================================================================ (1) multi-scale trajectory autoencoder
@@ -862,6 +871,59 @@ def train(config: TrainConfig, data: TrajectoryData, model: MAGE, run_dir: Path,
 
 
 # ============================================================================ evaluation
+class WaypointGraph:
+    """(choice, ours: the paper does not say how MAGE chains walks) The data's routes, for goals beyond one walk.
+
+    The (x, y) plane is cut into squares of side ``square``; every square the data visits is a node, and an edge
+    a -> b joins two squares wherever one step of a trajectory goes from a to b. Walks that cross the same square
+    share its node, so a route can follow one walk and continue on another (stitching, as the value function of IQL
+    does). ``route(goal, hops)`` runs a breadth-first search back from the goal's square; a state's waypoint is then
+    the square ``hops`` further along its shortest route (its mean visited position), or the goal itself once the
+    goal is that close, or when no route leads there. Only the dataset is used, not the maze's map."""
+
+    def __init__(self, xy: np.ndarray, bounds: np.ndarray, square: float) -> None:
+        self.square = square
+        keys = np.floor(xy / square).astype(np.int64)
+        self.lo, size = keys.min(0), keys.max(0) - keys.min(0) + 1
+        flat = (keys[:, 0] - self.lo[0]) * size[1] + (keys[:, 1] - self.lo[1])
+        squares, node = np.unique(flat, return_inverse=True)
+        count = np.bincount(node, minlength=len(squares))
+        self.centre = np.stack([np.bincount(node, xy[:, k], len(squares)) for k in range(2)], 1) / count[:, None]
+        moves = np.ones(len(xy) - 1, bool)
+        moves[bounds[:, 1][bounds[:, 1] < len(xy)] - 1] = False  # a trajectory's last step leads nowhere
+        a, b = node[:-1][moves], node[1:][moves]
+        edges = np.unique(np.stack([a, b], 1)[a != b], axis=0)
+        self.into = [[] for _ in squares]  # predecessors: the search runs from the goal backwards
+        for u, v in edges:
+            self.into[v].append(u)
+        # every square of the bounding box -> the nearest visited one (a state the data never visited still gets one)
+        grid = np.stack(np.meshgrid(*(np.arange(n) for n in size), indexing="ij"), -1).reshape(-1, 2)
+        centres = (grid + self.lo + 0.5) * square
+        near = np.linalg.norm(centres[:, None] - self.centre[None], axis=-1).argmin(1)
+        self.nearest = near.reshape(*size)
+        self.size = size
+
+    def node(self, xy: np.ndarray) -> np.ndarray:
+        keys = np.clip(np.floor(xy / self.square).astype(np.int64) - self.lo, 0, self.size - 1)
+        return self.nearest[keys[:, 0], keys[:, 1]]
+
+    def route(self, goal: np.ndarray, hops: int) -> tuple[np.ndarray, np.ndarray]:
+        """For one goal (x, y): every node's squares to the goal's (-1: no route) and the node ``hops`` on."""
+        target = int(self.node(goal[None])[0])
+        dist, step = np.full(len(self.into), -1), np.arange(len(self.into))
+        dist[target], queue = 0, deque([target])
+        while queue:
+            v = queue.popleft()
+            for u in self.into[v]:
+                if dist[u] < 0:
+                    dist[u], step[u] = dist[v] + 1, v
+                    queue.append(u)
+        ahead = np.arange(len(step))
+        for _ in range(hops):
+            ahead = step[ahead]
+        return dist, ahead
+
+
 class MagePolicy:
     """Plans K scales from (s_t, R_t [, g]) and acts with the latent inverse-dynamics head (shared.evaluation's
     Policy protocol). Plans at every step; reward tasks lower R by the rewards received (as DT).
@@ -893,7 +955,10 @@ class MagePolicy:
 
     def reset(self, goals: np.ndarray) -> None:
         n = len(goals)
+        self.goals = goals[:, :2].astype(np.float32)
         self.goal_n = self.data.obs_norm.goal().normalize(goals).astype(np.float32)
+        if self.data.waypoints is not None:  # each episode's routes to its goal, once
+            self.routes = [self.data.waypoints.route(g, self.config.waypoint_hops) for g in self.goals]
         scale = 1.0 if self.data.goal_conditioned else self.config.rtg_scale
         self.rtg = np.full(n, self.config.target_return / scale, np.float32)
 
@@ -907,6 +972,12 @@ class MagePolicy:
     def condition(self, obs: np.ndarray) -> torch.Tensor:
         """(R_t, s_t) on reward tasks, (s_t, g) on goal tasks ((R_t, s_t, g) with return_condition), as in load_data."""
         s = self.data.obs_norm.normalize(obs.astype(np.float32))
+        if self.data.waypoints is not None:  # g = the waypoint on the way, until the goal itself is that close
+            graph, nodes = self.data.waypoints, self.data.waypoints.node(obs[:, :2])
+            far = [(dist[k] > self.config.waypoint_hops) for (dist, _), k in zip(self.routes, nodes)]
+            target = np.stack([graph.centre[ahead[k]] if f else g
+                               for (_, ahead), k, f, g in zip(self.routes, nodes, far, self.goals)])
+            self.goal_n = self.data.obs_norm.goal().normalize(target.astype(np.float32))
         parts = [self.rtg[:, None], s] + ([self.goal_n] if self.data.goal_conditioned else [])
         if self.data.goal_conditioned and not self.config.return_condition:
             parts = parts[1:]

@@ -52,6 +52,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     # the generated segment is the (x, y) path only, the condition the whole state: an antmaze latent of all 29 dims is
     # mostly the ant's gait, and its decoded positions were 1-3 m off (budget/h100-2026-12-07c)
     "mage-path": ("mage", ["--plan_dims", "2"]),
+    # antmaze (1 m squares): plans towards a waypoint 6 squares along the data's routes (WaypointGraph), trained on
+    # relabelled goals (waypoints are positions along walks): the route of antmaze-large is in no single walk
+    "mage-waypoints": ("mage", ["--waypoint_hops", "6", "--waypoint_square", "1.0", "--goal_relabel", "0.5"]),
     # goal-conditioned baselines on maze2d (the protocol before issue 13; on multi2d they equal bc / iql / dt):
     # the goal (hindsight collection goal in training) instead of the paper's (observation, reward) only
     "bc-goal": ("bc", ["--goal_input", "true"]),

@@ -413,3 +413,41 @@ def test_plan_dims_generates_the_path_only_keeps_the_whole_state_as_condition_an
             mage.load_data(dataclasses.replace(cfg, **bad), torch.device("cpu"))
     with pytest.raises(mage.RunError, match="plan_dims must be >= 0"):
         mage.TrainConfig(plan_dims=-1)
+
+
+def test_waypoint_graph_stitches_two_walks_and_respects_their_direction():
+    east = np.stack([np.linspace(0.1, 5.9, 30), np.full(30, 0.5)], 1)  # walk 1: along y = 0.5 to x = 5.9
+    north = np.stack([np.full(30, 5.5), np.linspace(0.5, 5.9, 30)], 1)  # walk 2: from (5.5, 0.5) up to y = 5.9
+    xy = np.concatenate([east, north])
+    graph = mage.WaypointGraph(xy, np.array([[0, 30], [30, 60]]), square=1.0)
+    start, goal = np.array([0.2, 0.5]), np.array([5.5, 5.8])
+    dist, ahead = graph.route(goal, hops=3)
+    s = graph.node(start[None])[0]
+    assert dist[s] == 10  # 5 squares east on walk 1, then 5 north on walk 2: neither walk alone goes there
+    assert np.allclose(graph.centre[ahead[s]], [3.5, 0.5], atol=0.1)  # three squares on, along the first walk
+    assert dist[graph.node(goal[None])[0]] == 0
+    back, _ = graph.route(start, hops=3)  # no walk leads back west: no route
+    assert back[graph.node(goal[None])[0]] == -1
+    assert graph.node(np.array([[20.0, -7.0]]))[0] in range(len(graph.centre))  # off the data: the nearest square
+
+
+def test_waypoints_become_the_plan_goal_until_the_goal_itself_is_near():
+    cfg = mage.TrainConfig(**SMALL, **TINY_DATA, return_condition=True, waypoint_hops=2, waypoint_square=0.25)
+    data = mage.load_data(cfg, torch.device("cpu"))
+    graph = data.waypoints
+    model = mage.MAGE(cfg, data.obs_dim, data.cond_dim, data.act_dim)
+    policy = mage.MagePolicy(model, data, cfg, torch.device("cpu"))
+    goal = graph.centre[0]
+    dist, ahead = graph.route(goal, 2)
+    far, near = dist.argmax(), np.flatnonzero(dist == 1)[0]  # the farthest square with a route, and a neighbour
+    assert dist[far] > 4
+    obs = np.zeros((2, data.obs_dim), np.float32)
+    obs[:, :2] = graph.centre[[far, near]]
+    policy.reset(np.stack([goal, goal]).astype(np.float32))
+    g = data.obs_norm.goal().unnormalize(policy.condition(obs)[:, -2:].numpy())
+    assert np.allclose(g[0], graph.centre[ahead[far]], atol=1e-4)  # the waypoint two squares on
+    assert dist[ahead[far]] == dist[far] - 2  # two squares nearer the goal along the route
+    assert np.allclose(g[1], goal, atol=1e-4)  # the goal itself once it is this close
+    assert policy.act(obs, np.zeros(2)).shape == (2, data.act_dim)
+    with pytest.raises(mage.RunError, match="waypoint_hops"):
+        mage.load_data(dataclasses.replace(cfg, waypoint_square=0.0), torch.device("cpu"))
