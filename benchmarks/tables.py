@@ -213,6 +213,12 @@ STALE_NOTE = ("†: trained with another budget (steps or batch size) or return 
               "now sets; to be re-run.")
 
 
+def leader(values) -> Optional[float]:
+    """The value to print in bold: the best, unless every one is the same (a row of equal scores has no best)."""
+    values = list(values)
+    return None if not values or (len(values) > 1 and len(set(values)) == 1) else max(values)
+
+
 def score_cell(cell: Optional[Cell], bold: bool) -> str:
     if cell is None or not cell.scores:
         return "—"
@@ -274,7 +280,7 @@ def score_table(group: str, tasks: list[str], names: list[str], cells: dict, pub
     for task in tasks:
         means = {n: round(mean_std(cells[(n, task)].scores)[0], 1) for n in names
                  if (n, task) in cells and cells[(n, task)].scores}
-        best = max(means.values()) if means else None
+        best = leader(means.values())
         row = [task_label(task, names, cells)]
         row += ["not run" if n in not_run else score_cell(cells.get((n, task)), means.get(n) == best)
                 for n in names]
@@ -291,7 +297,7 @@ def score_table(group: str, tasks: list[str], names: list[str], cells: dict, pub
     for n in names:
         if avg_tasks and all(t in row_means[n] for t in avg_tasks):
             averages[n] = round(sum(row_means[n][t] for t in avg_tasks) / len(avg_tasks), 1)
-    best = max(averages.values()) if averages else None
+    best = leader(averages.values())
     avg_row = ["**average**"] + [(f"**{averages[n]:.1f}**" if averages[n] == best else f"{averages[n]:.1f}")
                                  if n in averages else "—" for n in names]
     if collector:
@@ -344,9 +350,10 @@ COLLECTOR_NOTE = ("`data's controller`: the waypoint controller that collected t
 def note_lines(collector: bool = False) -> list[str]:
     return [
         "Cells: mean ± sample standard deviation of the normalised score over seeds, the seed count in "
-        "parentheses; the best of our means in each row is in **bold**; the average row averages the per-task "
-        "means over the group's tasks (only for algorithms with all of them); in the published columns it is the "
-        "paper's stated average where we have only that, else the mean of the three tasks. " + STALE_NOTE,
+        "parentheses; the best of our means in each row is in **bold** (none where all are equal); the average "
+        "row averages the per-task means over the group's tasks (only for algorithms with all of them); in the "
+        "published columns it is the paper's stated average where we have only that, else the mean of the three "
+        "tasks. " + STALE_NOTE,
         "",
         "**Protocol** (`shared/tasks.py`, `goal_input`): on `maze2d-*` (one fixed goal, D4RL's protocol) BC, IQL "
         "and DT are not given the goal, as D4RL and CORL run them (BC imitates from observations, IQL and DT learn "
@@ -444,7 +451,7 @@ def ablation_table(cells: dict, variants: dict, present: set[str]) -> list[str]:
         rows = []
         for task in tasks:
             means = {n: round(mean_std(cells[(n, task)].scores)[0], 1) for n in [base] + vs if (n, task) in cells}
-            best = max(means.values())
+            best = leader(means.values())
             row = [f"`{task}`", score_cell(cells.get((base, task)), means.get(base) == best)]
             for v in vs:
                 row.append(score_cell(cells.get((v, task)), means.get(v) == best))

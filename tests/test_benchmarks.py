@@ -72,6 +72,12 @@ def generate(results_dir: Path, out_dir: Path, *extra: str) -> int:
                         "--readme", str(readme), "--plots-dir", str(out_dir / "plots"), *extra])
 
 
+def test_a_row_of_equal_scores_has_no_bold_leader():
+    tables = load_script("tables")
+    assert tables.leader([0.0, 0.0, 0.0]) is None and tables.leader([5.0]) == 5.0
+    assert tables.leader([3.0, 7.0, 7.0]) == 7.0 and tables.leader([]) is None
+
+
 def test_tables_means_bold_paper_columns_and_identical_bytes(results, tmp_path):
     assert generate(results, tmp_path / "a") == 0
     assert generate(results, tmp_path / "b") == 0
