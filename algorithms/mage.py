@@ -957,8 +957,9 @@ class MagePolicy:
         n = len(goals)
         self.goals = goals[:, :2].astype(np.float32)
         self.goal_n = self.data.obs_norm.goal().normalize(goals).astype(np.float32)
-        if self.data.waypoints is not None:  # each episode's routes to its goal, once
-            self.routes = [self.data.waypoints.route(g, self.config.waypoint_hops) for g in self.goals]
+        if self.data.waypoints is not None:  # each episode's routes to its goal, once: [n, nodes] each
+            routes = [self.data.waypoints.route(g, self.config.waypoint_hops) for g in self.goals]
+            self.route_dist, self.route_ahead = (np.stack(r) for r in zip(*routes))
         scale = 1.0 if self.data.goal_conditioned else self.config.rtg_scale
         self.rtg = np.full(n, self.config.target_return / scale, np.float32)
 
@@ -973,11 +974,11 @@ class MagePolicy:
         """(R_t, s_t) on reward tasks, (s_t, g) on goal tasks ((R_t, s_t, g) with return_condition), as in load_data."""
         s = self.data.obs_norm.normalize(obs.astype(np.float32))
         if self.data.waypoints is not None:  # g = the waypoint on the way, until the goal itself is that close
-            graph, nodes = self.data.waypoints, self.data.waypoints.node(obs[:, :2])
-            far = [(dist[k] > self.config.waypoint_hops) for (dist, _), k in zip(self.routes, nodes)]
-            target = np.stack([graph.centre[ahead[k]] if f else g
-                               for (_, ahead), k, f, g in zip(self.routes, nodes, far, self.goals)])
-            self.goal_n = self.data.obs_norm.goal().normalize(target.astype(np.float32))
+            envs, nodes = np.arange(len(obs)), self.data.waypoints.node(obs[:, :2])
+            far = self.route_dist[envs, nodes] > self.config.waypoint_hops  # -1 (no route): the goal itself
+            waypoint = self.data.waypoints.centre[self.route_ahead[envs, nodes]]
+            target = np.where(far[:, None], waypoint, self.goals).astype(np.float32)
+            self.goal_n = self.data.obs_norm.goal().normalize(target)
         parts = [self.rtg[:, None], s] + ([self.goal_n] if self.data.goal_conditioned else [])
         if self.data.goal_conditioned and not self.config.return_condition:
             parts = parts[1:]
