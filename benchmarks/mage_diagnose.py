@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 
 from shared.datasets import speed_summary  # noqa: E402
 from shared.evaluation import Recorder, evaluate, goal_behaviour, make_eval_env  # noqa: E402
-from shared.mazes import cell_to_xy, is_free, maze_map  # noqa: E402
+from shared.mazes import cell_to_xy, is_free, maze_map, xy_to_cell  # noqa: E402
 from shared.tasks import get_task, is_antmaze, is_point_maze  # noqa: E402
 from shared.utils import RunError, load_latest_checkpoint, load_script  # noqa: E402
 
@@ -103,7 +103,8 @@ def plan_accuracy(model, data, segments: int, seed: int) -> None:
         err = (plan[:, :, 1:3] - x[:, :, 1:3]).pow(2).mean((0, 2))
         return " ".join(f"{err[k]:.4f}" for k in steps)
 
-    print(f"plan position error at steps {steps} ahead ({segments} training segments):")
+    print(f"plan position error at steps {steps} ahead ({segments} training segments; mean squared, in units of the "
+          f"positions' std, {data.obs_norm.std[0]:.2f} / {data.obs_norm.std[1]:.2f} in x / y):")
     print(f"  decoded reconstruction (true latent) {position_error(model.decode(f_true, cond))}")
     print(f"  decoded generated plan (argmax)      {position_error(model.decode(f_gen, cond))}")
     print(f"  holding the current state            {position_error(x[:, :1].expand_as(x))}")
@@ -351,6 +352,18 @@ def main() -> None:
     model.eval()
     print(f"data: mean |action| {data.buffer.fields['actions'].abs().mean():.2f}")
     plan_accuracy(model, data, args.segments, config.seed)
+    if data.waypoints is not None:  # the evaluation's route on the data's graph: does it stitch, and through walls?
+        obs, info = make_eval_env(config.task).reset(seed=config.eval_seed)
+        graph, geo = data.waypoints, geometry(config.task)
+        dist, ahead = graph.route(np.asarray(info["goal"], np.float64), 1)
+        node = first = graph.node(np.asarray(obs, np.float64)[None, :2])[0]
+        cells = set()
+        while dist[node] > 0:
+            node = ahead[node]
+            cells.add(xy_to_cell(geo.grid, graph.centre[node] / geo.scale))
+        print(f"waypoints: {len(graph.centre)} squares; the evaluation start's route to its goal: {dist[first]} "
+              f"squares (-1: none) through {len(cells)} maze cells, {sum(not is_free(geo.grid, c) for c in cells)} "
+              "of them walls")
     if args.refit_head:
         refit_head(model, data, config, args.refit_head, args.refit_steps, config.seed)
     policies = {"inverse-dynamics head": mage.MagePolicy(model, data, config, device)}
