@@ -9,6 +9,10 @@ Loads the newest checkpoint of a MAGE run folder (its config, models and normali
   * (point mazes) the same generated plans followed by Diffuser's maze controller instead of the inverse-dynamics head
     (action = (s_plan[k] - s)[pos] + (s_plan[k] - s)[vel]): if this scores well the plans are good and the head is
     the weak part, if not the plans themselves are;
+  * (antmaze) the same generated plans followed by the data collector's goal-reaching ant controller
+    (shared/data/ant_controller.pt, aimed at the plan's (x, y) ``--track`` steps ahead, e.g. --track 32): a
+    diagnosis, not MAGE (it borrows the expert that made the data): if it scores, the plans lead to the goal and the
+    head's gait is what fails;
   * (point mazes) the action the policy takes at rest on the goal and 0.3 away from it (a policy that stays at its
     goal pushes back towards it there);
   * on training segments: how far the decoded plan (generated, argmax) and the decoded reconstruction (true latent)
@@ -72,12 +76,19 @@ def geometry(task_name: str) -> Geometry:
 
 
 class TrackingPolicy(mage.MagePolicy):
-    """MagePolicy that follows the decoded plan's state ``track`` steps ahead with Diffuser's maze controller instead
-    of the inverse-dynamics head."""
+    """MagePolicy that follows the decoded plan's state ``track`` steps ahead with Diffuser's maze controller (point
+    mazes) or the data collector's goal-reaching ant controller aimed at the plan's (x, y) (antmaze) instead of the
+    inverse-dynamics head."""
 
     def __init__(self, *args, track: int) -> None:
         super().__init__(*args)
         self.track = track
+        self.ant = None
+        if is_antmaze(get_task(self.config.task)):
+            from shared.data.ant_controller import load_controller
+            from shared.data.antmaze import CONTROLLER_PATH
+
+            self.ant = load_controller(str(CONTROLLER_PATH), "cpu")
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, last_rewards: np.ndarray) -> np.ndarray:
@@ -85,6 +96,9 @@ class TrackingPolicy(mage.MagePolicy):
         self.model.eval()
         f_hat, _ = self.model.transformer.generate(cond, self.model.vq, self.config.temperature)
         plan = self.model.decode(f_hat, cond)[:, self.track, 1:].float().cpu().numpy()
+        if self.ant is not None:  # the plan's first two columns are (x, y) with or without plan_dims
+            xy = plan[:, :2] * self.data.obs_norm.std[:2] + self.data.obs_norm.mean[:2]
+            return self.ant.act(obs, xy)
         target = plan * self.data.obs_norm.std + self.data.obs_norm.mean
         return np.clip((target[:, :2] - obs[:, :2]) + (target[:, 2:4] - obs[:, 2:4]), -1.0, 1.0)
 
@@ -311,8 +325,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("run_dir", type=Path, help="a MAGE run folder: out_dir/mage/<task>/seed<k>")
     p.add_argument("--episodes", type=int, default=20)
-    p.add_argument("--track", type=int, default=1, help="plan step followed by the controller (0: skip; point mazes "
-                   "only: the controller pushes the point mass towards the plan's state)")
+    p.add_argument("--track", type=int, default=None, help="plan step followed by a controller (0: skip): point "
+                   "mazes push the point mass towards the plan's state (default 1); antmaze aims the data collector's "
+                   "ant controller at the plan's (x, y) there (default H / 2: it was trained on goals 2-4 m away)")
     p.add_argument("--set", nargs="+", action="extend", default=[], metavar="FIELD=VALUE",
                    help="evaluation-time config overrides (--set a=1 b=2, or --set a=1 --set b=2)")
     p.add_argument("--segments", type=int, default=1024, help="training segments for the plan-accuracy check")
@@ -367,7 +382,11 @@ def main() -> None:
     if args.refit_head:
         refit_head(model, data, config, args.refit_head, args.refit_steps, config.seed)
     policies = {"inverse-dynamics head": mage.MagePolicy(model, data, config, device)}
-    if args.track and point_maze:
+    if args.track is None:
+        args.track = 1 if point_maze else config.horizon // 2
+    if args.track:
+        if not 0 < args.track < config.horizon:
+            raise RunError(f"--track {args.track}: a plan step in 1..{config.horizon - 1} (0: no controller)")
         policies[f"controller on plan step {args.track}"] = TrackingPolicy(model, data, config, device,
                                                                            track=args.track)
     rows = {name: goal_behaviour(config.task, policy, args.episodes, config.eval_seed, num_envs=args.episodes)
