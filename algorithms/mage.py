@@ -30,7 +30,7 @@ from shared.buffer import Normalizer, SegmentBuffer, goal_returns_to_go, returns
 from shared.datasets import load_dataset  # noqa: E402
 from shared.evaluation import evaluate, require_evaluation  # noqa: E402
 from shared.logger import Logger, finish_run, prepare_run_dir  # noqa: E402
-from shared.tasks import Task, get_task, goal_radius  # noqa: E402
+from shared.tasks import Task, get_task, goal_radius, is_antmaze  # noqa: E402
 from shared.training import (  # noqa: E402
     Stage, captured, expectile_loss, fused, load_optimizer, make_step, resume_point, train_loop, use_graphs,
 )
@@ -89,7 +89,10 @@ class TrainConfig:
     # --- (3) condition-guided decoder and inverse dynamics
     decoder_condition: bool = True  # condition the decoder on (R_t, s_t [, g]) (False: the paper's ablation)
     head_condition: str = "all"  # what the inverse-dynamics head sees beside the latent: "all" of (R_t, s_t [, g]),
-    # or "state" (s_t only: no goal to beeline to past the plan; the paper's a_t = I(z) has no condition at all)
+    # or "state" (s_t only: no goal to beeline to past the plan; the paper's a_t = I(z) has no condition at all), or
+    # "track" (only head_track's features: the action read off the decoded plan, as a learnt controller follows it)
+    head_track: int = 0  # antmaze, > 0: the head also sees where the decoded plan is this many steps ahead, in the
+    # ant's heading frame (the data collector's features; a world-frame latent left the ant standing: docs/mage.md)
     adapter_dim: int = 64  # bottleneck width of the decoder adapters (trained in the end-to-end stage)
     gumbel_tau: float = 1.0  # Gumbel-Softmax temperature in end-to-end fine-tuning
     w_inv: float = 1.0  # weight of L_inv (action from the latent)
@@ -141,10 +144,14 @@ def check_shapes(config: TrainConfig) -> None:
         raise RunError(f"patch ({config.patch}) must be a power of 2 dividing horizon ({config.horizon})")
     if config.scales[-1] != L or sorted(config.scales) != list(config.scales) or min(config.scales) < 1:
         raise RunError(f"scales {config.scales} must increase from >= 1 and end at horizon/patch = {L}")
-    if config.head_condition not in ("all", "state"):
-        raise RunError(f"head_condition must be 'all' or 'state', not '{config.head_condition}'")
+    if config.head_condition not in ("all", "state", "track"):
+        raise RunError(f"head_condition must be 'all', 'state' or 'track', not '{config.head_condition}'")
+    if config.head_condition == "track" and not config.head_track:
+        raise RunError("head_condition 'track' needs head_track > 0 (the plan step whose position the head follows)")
     if config.plan_dims < 0:
         raise RunError(f"plan_dims must be >= 0 (0: the whole state), not {config.plan_dims}")
+    if not 0 <= config.head_track < config.horizon:
+        raise RunError(f"head_track ({config.head_track}) must be a plan step in 1..{config.horizon - 1} (0: off)")
 
 
 def plan_width(config: TrainConfig, obs_dim: int) -> int:
@@ -186,6 +193,9 @@ def load_data(config: TrainConfig, device: torch.device) -> TrajectoryData:
     if config.waypoint_hops and (not task.goal_conditioned or config.waypoint_hops < 0 or config.waypoint_square <= 0):
         raise RunError(f"waypoint_hops ({config.waypoint_hops}) needs a goal task and waypoint_square > 0 "
                        f"({config.waypoint_square}); {config.task} is {'' if task.goal_conditioned else 'not '}one")
+    if config.head_track and not is_antmaze(task):
+        raise RunError(f"head_track ({config.head_track}) is for antmaze tasks (the ant's heading frame); "
+                       f"{config.task} is not one")
     data, info = load_dataset(task, dataset_path=config.dataset_path, size=config.dataset_size,
                               seed=config.dataset_seed)
     obs, actions = data["observations"].astype(np.float32), data["actions"].astype(np.float32)
@@ -432,16 +442,21 @@ class LatentInverseDynamics(nn.Module):
     """
 
     def __init__(self, code_dim: int, length: int, cond_dim: int, act_dim: int, hidden: int = 512,
-                 cond_cols: slice = slice(None)) -> None:
+                 cond_cols: Optional[slice] = slice(None), track_dim: int = 0) -> None:
         super().__init__()
-        self.cond_cols = cond_cols  # the condition's columns it sees (head_condition)
-        self.latent_in = nn.Linear(code_dim * length, hidden)
-        self.cond_in = nn.Linear(len(range(cond_dim)[cond_cols]), hidden)
+        self.cond_cols = cond_cols  # the condition's columns it sees (head_condition); None: neither them nor z
+        self.latent_in = nn.Linear(code_dim * length, hidden) if cond_cols is not None else None
+        self.cond_in = nn.Linear(len(range(cond_dim)[cond_cols]), hidden) if cond_cols is not None else None
+        self.track_in = nn.Linear(track_dim, hidden) if track_dim else None  # head_track's features
         self.net = nn.Sequential(nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
                                  nn.Linear(hidden, act_dim), nn.Tanh())
 
-    def forward(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
-        h = self.cond_in(cond[:, self.cond_cols]) + self.latent_in(z.flatten(1))
+    def forward(self, z: torch.Tensor, cond: torch.Tensor, track: Optional[torch.Tensor] = None) -> torch.Tensor:
+        h = 0.0
+        if self.cond_in is not None:
+            h = self.cond_in(cond[:, self.cond_cols]) + self.latent_in(z.flatten(1))
+        if self.track_in is not None:
+            h = h + self.track_in(track)
         return self.net(h)
 
 
@@ -590,17 +605,30 @@ class MultiScaleTransformer(nn.Module):
 
 def inverse_head(config: TrainConfig, obs_dim: int, cond_dim: int, act_dim: int) -> LatentInverseDynamics:
     """The latent inverse-dynamics head, seeing the columns of the condition that ``head_condition`` names."""
-    cols = state_columns(config, obs_dim, cond_dim) if config.head_condition == "state" else slice(None)
-    return LatentInverseDynamics(config.code_dim, config.horizon // config.patch, cond_dim, act_dim, cond_cols=cols)
+    cols = {"state": state_columns(config, obs_dim, cond_dim), "track": None}.get(config.head_condition, slice(None))
+    track_dim = 0
+    if config.head_track:
+        from shared.data.ant import FEATURE_DIM as track_dim  # imported only here: it loads the ant's MuJoCo env
+    return LatentInverseDynamics(config.code_dim, config.horizon // config.patch, cond_dim, act_dim, cond_cols=cols,
+                                 track_dim=track_dim)
 
 
 # ============================================================================ (3) MAGE = the three parts together
 class MAGE(nn.Module):
-    def __init__(self, config: TrainConfig, obs_dim: int, cond_dim: int, act_dim: int) -> None:
+    def __init__(self, config: TrainConfig, obs_dim: int, cond_dim: int, act_dim: int,
+                 obs_norm: Optional[Normalizer] = None) -> None:
         super().__init__()
         check_shapes(config)
         x_dim = plan_width(config, obs_dim)  # the generated segment's channels
         self.decoder_condition = config.decoder_condition
+        self.head_track, self.state_cols = config.head_track, state_columns(config, obs_dim, cond_dim)
+        if config.head_track:  # the raw state and plan positions, for the heading-frame features (in checkpoints)
+            if obs_norm is None or obs_dim != 29:
+                raise RunError(f"head_track needs the ant's 29-dim state and its normaliser (obs_dim {obs_dim})")
+            from shared.data.ant import controller_features
+            self.features = controller_features
+            self.register_buffer("obs_mean", torch.as_tensor(obs_norm.mean, dtype=torch.float32))
+            self.register_buffer("obs_std", torch.as_tensor(obs_norm.std, dtype=torch.float32))
         self.encoder = TrajectoryEncoder(x_dim, config.ae_channels, config.code_dim, config.patch, config.ae_blocks)
         self.vq = MultiScaleVQ(config.scales, config.codebook_size, config.code_dim, config.beta, config.phi_ratio)
         self.decoder = ConditionGuidedDecoder(x_dim, config.ae_channels, config.code_dim, cond_dim, config.patch,
@@ -613,6 +641,30 @@ class MAGE(nn.Module):
 
     def decode(self, z: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         return self.decoder(z, cond if self.decoder_condition else torch.zeros_like(cond))
+
+    def act(self, z: torch.Tensor, cond: torch.Tensor, target: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """a_t = I(z, condition); with head_track, I also sees a position head_track steps on as the data collector's
+        controller sees its target (direction in the torso's heading frame, clipped distance): the direction to walk,
+        which the head would otherwise have to rotate out of a world-frame latent itself. Acting, that position is
+        the decoded plan's; training passes ``target``, where the logged segment is then (logged_target)."""
+        return self.inverse(z, cond, self.track_features(z, cond, target) if self.head_track else None)
+
+    def track_features(self, z: torch.Tensor, cond: torch.Tensor, target: Optional[torch.Tensor] = None
+                       ) -> torch.Tensor:
+        """head_track's input: the collector's features of (s_t, target), by default the decoded plan's (x, y)."""
+        if target is None:  # an input, not a path for L_inv's gradient into the decoder
+            target = self.decode(z, cond)[:, self.head_track, 1:3].detach()
+        xy = target.float() * self.obs_std[:2] + self.obs_mean[:2]
+        state = cond[:, self.state_cols].float() * self.obs_std + self.obs_mean
+        return self.features(state, xy)
+
+
+def logged_target(x: torch.Tensor, config: TrainConfig) -> Optional[torch.Tensor]:
+    """head_track's training target: the normalised (x, y) where the logged segment is head_track steps on (the
+    last step once it has ended). (choice) Hindsight, as goal-conditioned BC labels a goal: the logged action is
+    paired with where it led; paired with the generated plan's position instead, a refitted head reached the goal in
+    3 of 10 antmaze-large episodes against 7 of 10 (docs/mage.md)."""
+    return x[:, config.head_track, 1:3] if config.head_track else None
 
     def teacher_inputs(self, zs: list[torch.Tensor]) -> Optional[torch.Tensor]:
         """Transformer inputs for scales 2..K from the per-scale contributions z_k (None when K = 1)."""
@@ -633,7 +685,8 @@ def autoencoder_loss(model: MAGE, batch: dict, config: TrainConfig):
     x, cond, mask = batch["x"], batch["cond"][:, 0], batch["mask"]
     f_st, idx_list, vq_loss, zs = model.vq(model.encoder(x))
     recon = masked_mse(model.decode(f_st, cond), x, mask)
-    act = model.inverse(f_st.detach(), cond)  # pre-training only: the encoder is not pushed to store action noise
+    act = model.act(f_st.detach(), cond, logged_target(x, config))  # pre-training only: the encoder is not pushed
+    # to store action noise
     inv = masked_mse(act, batch["actions"][:, 0], mask[:, 0])
     loss = recon + vq_loss + config.w_inv * inv
     stats = {"ae/recon": recon.detach(), "ae/vq": vq_loss.detach(), "ae/inv": inv.detach()}  # tensors: no sync
@@ -692,7 +745,8 @@ def transformer_loss(model: MAGE, batch: dict, config: TrainConfig):
     # function), and on plan-like latents: predicted tokens carry the plan but not the logged action noise
     with torch.no_grad():
         f_pred = model.vq.embed_sequence(pred)
-    inv = masked_mse(model.inverse(f_pred, cond), batch["actions"][:, 0], batch["mask"][:, 0])
+    inv = masked_mse(model.act(f_pred, cond, logged_target(batch["x"], config)), batch["actions"][:, 0],
+                     batch["mask"][:, 0])
     stats["tf/inv"] = inv.detach()
     return ce + config.w_inv * inv, stats
 
@@ -714,7 +768,7 @@ def end_to_end_loss(model: MAGE, batch: dict, config: TrainConfig):
     logits = model.transformer(cond, inputs)
     ce = F.cross_entropy(logits.float().flatten(0, 1), torch.cat(idx_list, 1).flatten())
     f_gen, _ = model.transformer.generate(cond, model.vq, gumbel_tau=config.gumbel_tau)
-    inv = masked_mse(model.inverse(f_gen, cond), batch["actions"][:, 0], mask[:, 0])
+    inv = masked_mse(model.act(f_gen, cond, logged_target(x, config)), batch["actions"][:, 0], mask[:, 0])
     loss = config.w_ce * ce + config.w_inv * inv
     cond_err = ce.new_zeros(())
     if config.decoder_condition:  # L_cond on the first decoded step, learnt by the adapters
@@ -951,7 +1005,7 @@ class MagePolicy:
         cond = self.ask_return(cond)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.config.bf16 and cond.is_cuda):
             f_hat, _ = self.model.transformer.generate(cond, self.model.vq, self.config.temperature)
-            return self.model.inverse(f_hat, cond).float()
+            return self.model.act(f_hat, cond).float()
 
     def reset(self, goals: np.ndarray) -> None:
         n = len(goals)
@@ -995,7 +1049,7 @@ def main(config: TrainConfig) -> dict:
     set_seed(config.seed)
     run_dir = prepare_run_dir(config, "mage")
     data = load_data(config, device)
-    model = MAGE(config, data.obs_dim, data.cond_dim, data.act_dim).to(device)
+    model = MAGE(config, data.obs_dim, data.cond_dim, data.act_dim, data.obs_norm).to(device)
     print(f"[mage] {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters on {device_name(device)}")
     logger = Logger(config, "mage", run_dir, config.wandb_mode, config.project)
     policy = MagePolicy(model, data, config, device)  # one policy: its CUDA graphs persist

@@ -35,7 +35,7 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -75,20 +75,75 @@ def geometry(task_name: str) -> Geometry:
     raise RunError(f"{task_name} is neither a point maze nor an antmaze: no maze to draw or probe")
 
 
+AntController = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (obs [N, 29], target (x, y) [N, 2]) -> actions
+
+
+def collector_controller() -> AntController:
+    """The data collector's goal-reaching ant (shared/data/ant_controller.pt, without its noise): the expert that
+    made the data, so a policy built on it diagnoses plans or routes, it is not an offline-RL result."""
+    from shared.data.ant_controller import load_controller
+    from shared.data.antmaze import CONTROLLER_PATH
+
+    return load_controller(str(CONTROLLER_PATH), "cpu").act
+
+
+def fit_tracker(data, config, ahead: int, steps: int, seed: int) -> AntController:
+    """An ant controller learnt from the dataset alone: a_t regressed (MSE) on the collector's heading-invariant
+    features of (s_t, the logged (x, y) ``ahead`` steps later), an MLP of two 256-unit layers. Where the
+    inverse-dynamics head must read the direction to go from a world-frame latent and the torso's quaternion, this one
+    is given it in the torso's frame: if it follows the plans where the head does not, the head's view of the plan is
+    what fails."""
+    from shared.data import ant
+
+    torch.manual_seed(seed)
+    cols = mage.state_columns(config, data.obs_dim, data.cond_dim)
+    norm = data.obs_norm
+
+    def batch(n: int):
+        b = data.buffer.sample(n)
+        obs = norm.unnormalize(b["cond"][:, 0, cols].float().cpu().numpy())
+        xy = norm.goal().unnormalize(b["x"][:, ahead, 1:3].float().cpu().numpy())  # (R, x, y, ...): x, y
+        keep = b["mask"][:, ahead].bool().cpu().numpy()
+        return (ant.controller_features(torch.as_tensor(obs[keep]), torch.as_tensor(xy[keep])),
+                b["actions"][:, 0].float().cpu()[torch.as_tensor(keep)])
+
+    net = torch.nn.Sequential(torch.nn.Linear(ant.FEATURE_DIM, 256), torch.nn.ReLU(), torch.nn.Linear(256, 256),
+                              torch.nn.ReLU(), torch.nn.Linear(256, ant.ACT_DIM), torch.nn.Tanh())
+    opt = torch.optim.Adam(net.parameters(), lr=1e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
+    first = last = None
+    with torch.enable_grad():
+        for step in range(steps):
+            f, a = batch(256)
+            loss = (net(f) - a).pow(2).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            first = loss.item() if first is None else first
+            last = loss.item() if step >= steps - 100 else last
+    f, a = batch(4096)
+    with torch.no_grad():
+        held = (net(f) - a).pow(2).mean().item()
+    print(f"learnt tracker ({ahead} steps ahead, {steps} steps of batch 256): action mse {first:.3f} -> {last:.3f} "
+          f"(fresh batch {held:.3f}; the data's noise alone is 0.04)")
+    net.eval()
+
+    @torch.no_grad()
+    def act(obs: np.ndarray, target: np.ndarray) -> np.ndarray:
+        return net(ant.controller_features(torch.as_tensor(obs, dtype=torch.float32),
+                                           torch.as_tensor(target, dtype=torch.float32))).numpy()
+
+    return act
+
+
 class TrackingPolicy(mage.MagePolicy):
     """MagePolicy that follows the decoded plan's state ``track`` steps ahead with Diffuser's maze controller (point
-    mazes) or the data collector's goal-reaching ant controller aimed at the plan's (x, y) (antmaze) instead of the
-    inverse-dynamics head."""
+    mazes) or with an ant controller aimed at the plan's (x, y) (antmaze) instead of the inverse-dynamics head."""
 
-    def __init__(self, *args, track: int) -> None:
+    def __init__(self, *args, track: int, ant: Optional[AntController] = None) -> None:
         super().__init__(*args)
-        self.track = track
-        self.ant = None
-        if is_antmaze(get_task(self.config.task)):
-            from shared.data.ant_controller import load_controller
-            from shared.data.antmaze import CONTROLLER_PATH
-
-            self.ant = load_controller(str(CONTROLLER_PATH), "cpu")
+        self.track, self.ant = track, ant
 
     @torch.no_grad()
     def act(self, obs: np.ndarray, last_rewards: np.ndarray) -> np.ndarray:
@@ -97,10 +152,22 @@ class TrackingPolicy(mage.MagePolicy):
         f_hat, _ = self.model.transformer.generate(cond, self.model.vq, self.config.temperature)
         plan = self.model.decode(f_hat, cond)[:, self.track, 1:].float().cpu().numpy()
         if self.ant is not None:  # the plan's first two columns are (x, y) with or without plan_dims
-            xy = plan[:, :2] * self.data.obs_norm.std[:2] + self.data.obs_norm.mean[:2]
-            return self.ant.act(obs, xy)
+            return self.ant(obs, self.data.obs_norm.goal().unnormalize(plan[:, :2]))
         target = plan * self.data.obs_norm.std + self.data.obs_norm.mean
         return np.clip((target[:, :2] - obs[:, :2]) + (target[:, 2:4] - obs[:, 2:4]), -1.0, 1.0)
+
+
+class RoutePolicy(mage.MagePolicy):
+    """No plan: an ant controller aimed straight at the goal the policy would plan for (with waypoints: the square
+    waypoint_hops ahead on the data's route, or the goal once that close). What the routes give without MAGE."""
+
+    def __init__(self, *args, ant: AntController) -> None:
+        super().__init__(*args)
+        self.ant = ant
+
+    def act(self, obs: np.ndarray, last_rewards: np.ndarray) -> np.ndarray:
+        self.condition(obs)  # sets goal_n: the waypoint (or goal), normalised
+        return self.ant(obs, self.data.obs_norm.goal().unnormalize(self.goal_n))
 
 
 @torch.no_grad()
@@ -124,7 +191,7 @@ def plan_accuracy(model, data, segments: int, seed: int) -> None:
     print(f"  holding the current state            {position_error(x[:, :1].expand_as(x))}")
     logged = batch["actions"][:, 0]
     for name, f in (("true", f_true), ("generated", f_gen)):
-        act = model.inverse(f, cond)
+        act = model.act(f, cond)
         cos = torch.nn.functional.cosine_similarity(act, logged).mean()
         print(f"  head on {name:9s} latents: action mse {(act - logged).pow(2).mean():.3f}, cosine {cos:.2f}, "
               f"mean |a| {act.abs().mean():.2f}")
@@ -134,29 +201,33 @@ def refit_head(model, data, config, head_condition: str, steps: int, seed: int, 
     """Replace the inverse-dynamics head by a fresh one that sees ``head_condition`` ("all" of the condition, or the
     "state" alone; TrainConfig.head_condition) and fit it alone, everything else frozen, on the argmax generated
     latents of ``pool`` training segments (what the head acts on at evaluation): does the same model, with a head
-    that cannot see the goal, act differently? Returns the refitted head's L_inv on those latents."""
+    that cannot see the goal, act differently? With ``--set head_track=K`` the fresh head also sees where the plan is
+    K steps on (TrainConfig.head_track). Returns the refitted head's L_inv on those latents."""
     torch.manual_seed(seed)
     head = mage.inverse_head(dataclasses.replace(config, head_condition=head_condition), data.obs_dim,
                              data.cond_dim, data.act_dim).to(next(model.parameters()).device)
-    latents, conds, actions, masks = [], [], [], []
+    latents, conds, actions, masks, tracks = [], [], [], [], []
     with torch.no_grad():
         for _ in range(pool // 1024):
             batch = data.buffer.sample(1024)
             cond = batch["cond"][:, 0]
             latents.append(model.transformer.generate(cond, model.vq, 0.0)[0])
             conds.append(cond), actions.append(batch["actions"][:, 0]), masks.append(batch["mask"][:, 0])
+            if model.head_track:  # as training pairs them: the logged position head_track steps on
+                tracks.append(model.track_features(latents[-1], cond, mage.logged_target(batch["x"], config)))
     f, cond, act, mask = (torch.cat(t) for t in (latents, conds, actions, masks))
+    track = torch.cat(tracks) if tracks else None
     opt = torch.optim.AdamW(head.parameters(), lr=1e-3, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     for _ in range(steps):
         i = torch.randint(len(f), (config.batch_size,))
-        loss = mage.masked_mse(head(f[i], cond[i]), act[i], mask[i])
+        loss = mage.masked_mse(head(f[i], cond[i], None if track is None else track[i]), act[i], mask[i])
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
     with torch.no_grad():
-        fit = mage.masked_mse(head(f, cond), act, mask)
+        fit = mage.masked_mse(head(f, cond, track), act, mask)
     print(f"head refitted ({head_condition}: condition columns {head.cond_cols}) in {steps} steps on {len(f)} "
           f"generated latents: L_inv {fit:.3f}")
     model.inverse = head.eval()
@@ -228,7 +299,7 @@ def plans_at(policy, obs: np.ndarray, goals: np.ndarray, r: Optional[float] = No
     asked = cond[:, 0] if config.return_condition else torch.full_like(cond[:, 0], config.target_return)
     f_hat, _ = model.transformer.generate(cond, model.vq, temperature)
     path = model.decode(f_hat, cond)[:, :, 1:3].float().cpu().numpy() * data.obs_norm.std[:2] + data.obs_norm.mean[:2]
-    action = model.inverse(f_hat, cond).clamp(-1.0, 1.0).float().cpu().numpy()
+    action = model.act(f_hat, cond).clamp(-1.0, 1.0).float().cpu().numpy()
     return asked.cpu().numpy(), path, action
 
 
@@ -336,9 +407,13 @@ def main() -> None:
     p.add_argument("--rollouts", type=Path, metavar="PNG", help="also draw the evaluation episodes' paths on the maze "
                    "(point mazes and antmaze; e.g. with --set task=multi2d-large on a maze2d-large run: its random "
                    "goals)")
-    p.add_argument("--refit-head", choices=["all", "state"], help="first replace the head by a fresh one that sees "
-                   "all of the condition or the state alone, fitted alone on generated latents (the rest frozen)")
+    p.add_argument("--refit-head", choices=["all", "state", "track"], help="first replace the head by a fresh one "
+                   "that sees all of the condition, the state alone, or only where the plan is --set head_track=K "
+                   "steps on (TrainConfig.head_condition), fitted alone on generated latents (the rest frozen)")
     p.add_argument("--refit-steps", type=int, default=3000, help="steps of that fit")
+    p.add_argument("--fit-tracker", type=int, default=0, metavar="STEPS", help="antmaze: also learn an ant controller "
+                   "from the data (heading-frame features of the position --track steps ahead) in STEPS steps, and "
+                   "evaluate it on the plans; and both controllers aimed at the routes without a plan")
     args = p.parse_args()
     if args.checkpoint is not None:  # e.g. checkpoint_000002000.pt: the model after stage 2 of the tiny config
         state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
@@ -362,8 +437,12 @@ def main() -> None:
     data = mage.load_data(config, device)
     if not data.goal_conditioned:
         raise RunError(f"{config.task} is not a goal task: this diagnosis measures goal reaching")
-    model = mage.MAGE(config, data.obs_dim, data.cond_dim, data.act_dim).to(device)
-    model.load_state_dict(state["model"])  # the weights the run acts with
+    model = mage.MAGE(config, data.obs_dim, data.cond_dim, data.act_dim, data.obs_norm).to(device)
+    # the weights the run acts with; a head that --refit-head replaces may differ (e.g. --set head_track=32 on a
+    # checkpoint trained without it: its head and the normaliser it keeps are new)
+    missing, unexpected = model.load_state_dict(state["model"], strict=not args.refit_head)
+    if [k for k in missing + unexpected if not k.startswith("inverse.") and k not in ("obs_mean", "obs_std")]:
+        raise RunError(f"checkpoint does not fit this config: missing {missing}, unexpected {unexpected}")
     model.eval()
     print(f"data: mean |action| {data.buffer.fields['actions'].abs().mean():.2f}")
     plan_accuracy(model, data, args.segments, config.seed)
@@ -387,8 +466,19 @@ def main() -> None:
     if args.track:
         if not 0 < args.track < config.horizon:
             raise RunError(f"--track {args.track}: a plan step in 1..{config.horizon - 1} (0: no controller)")
-        policies[f"controller on plan step {args.track}"] = TrackingPolicy(model, data, config, device,
-                                                                           track=args.track)
+        if point_maze:
+            policies[f"controller on plan step {args.track}"] = TrackingPolicy(model, data, config, device,
+                                                                               track=args.track)
+        else:
+            collector = collector_controller()
+            policies[f"collector on plan step {args.track}"] = TrackingPolicy(model, data, config, device,
+                                                                              track=args.track, ant=collector)
+            if args.fit_tracker:
+                learnt = fit_tracker(data, config, args.track, args.fit_tracker, config.seed)
+                policies[f"learnt tracker on plan step {args.track}"] = TrackingPolicy(
+                    model, data, config, device, track=args.track, ant=learnt)
+                policies["collector on the route, no plan"] = RoutePolicy(model, data, config, device, ant=collector)
+                policies["learnt tracker on the route"] = RoutePolicy(model, data, config, device, ant=learnt)
     rows = {name: goal_behaviour(config.task, policy, args.episodes, config.eval_seed, num_envs=args.episodes)
             for name, policy in policies.items()}
     for name, row in rows.items():

@@ -55,6 +55,12 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     # antmaze (1 m squares): plans towards a waypoint 6 squares along the data's routes (WaypointGraph), trained on
     # relabelled goals (waypoints are positions along walks): the route of antmaze-large is in no single walk
     "mage-waypoints": ("mage", ["--waypoint_hops", "6", "--waypoint_square", "1.0", "--goal_relabel", "0.5"]),
+    # the plans of mage-waypoints --plan_dims 2 led 7 of 10 ants to antmaze-large's goal when a controller learnt from
+    # the data followed them, 0 of 10 with the head (mage_diagnose --fit-tracker, budget/h100-2026-12-07d): the head
+    # reads the action off where the plan is 32 steps ahead, in the ant's heading frame (refitted alone: 5 of 10);
+    # waypoints 12 squares ahead, as there
+    "mage-track": ("mage", ["--plan_dims", "2", "--waypoint_hops", "12", "--waypoint_square", "1.0", "--goal_relabel",
+                            "0.5", "--head_track", "32", "--head_condition", "track"]),
     # goal-conditioned baselines on maze2d (the protocol before issue 13; on multi2d they equal bc / iql / dt):
     # the goal (hindsight collection goal in training) instead of the paper's (observation, reward) only
     "bc-goal": ("bc", ["--goal_input", "true"]),

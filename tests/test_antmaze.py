@@ -145,6 +145,58 @@ def test_mage_trains_on_whole_walks_despite_the_terminals_at_the_evaluation_goal
     assert data.buffer.num_trajectories == SIZE // antmaze.EPISODE_STEPS
 
 
+def test_head_track_sees_the_plan_in_the_heading_frame_learns_and_acts(umaze_slice):
+    """With head_track the head's extra input is the collector's features of (s_t, the decoded plan's (x, y) k steps
+    ahead; in training, where the logged segment is k steps on): the same ant turned round (yaw + 90 degrees, same
+    plan) sees its target on another side; the head still learns (L_inv falls) and the policy acts, with waypoints
+    on."""
+    import torch
+    mage = load_algorithm("mage")
+    cfg = mage.TrainConfig(task="antmaze-umaze", dataset_size=SIZE, horizon=16, patch=2, scales=[1, 2, 4, 8],
+                           codebook_size=64, code_dim=8, ae_channels=32, ae_blocks=1, d_model=64, n_layers=2,
+                           n_heads=4, dropout=0.0, batch_size=32, warmup_steps=10, device="cpu", wandb_mode="disabled",
+                           return_condition=True, plan_dims=2, head_track=8, waypoint_hops=4, waypoint_square=1.0)
+    data = mage.load_data(cfg, torch.device("cpu"))
+    torch.manual_seed(0)
+    model = mage.MAGE(cfg, data.obs_dim, data.cond_dim, data.act_dim, data.obs_norm)
+    batch = mage.sample_batch(data, cfg)
+    cond, z = batch["cond"][:, 0], torch.randn(32, cfg.code_dim, 8)
+    seen = []
+    model.inverse.forward = lambda z, c, track: seen.append(track) or torch.zeros(len(z), data.act_dim)
+    model.act(z, cond)
+    xy = model.decode(z, cond)[:, 8, 1:3] * model.obs_std[:2] + model.obs_mean[:2]
+    state = cond[:, 1:30] * model.obs_std + model.obs_mean
+    assert torch.allclose(seen[0], ant.controller_features(state, xy), atol=1e-5)
+    mage.autoencoder_loss(model, batch, cfg)  # training pairs the logged action with where its segment went
+    logged = batch["x"][:, 8, 1:3] * model.obs_std[:2] + model.obs_mean[:2]
+    assert torch.allclose(seen[1], ant.controller_features(state, logged), atol=1e-5)
+    turned = state.clone()  # yaw + 90 degrees: q' = q_z(90) * q
+    w, x, y, z4 = state[:, 3:7].unbind(-1)
+    c = 2 ** -0.5
+    turned[:, 3:7] = torch.stack([c * (w - z4), c * (x - y), c * (y + x), c * (z4 + w)], -1)
+    assert not torch.allclose(ant.controller_features(turned, xy)[:, -3:-1], seen[0][:, -3:-1], atol=1e-2)
+    del model.inverse.forward  # the head's own forward again
+    opt = mage.make_optimizer(model, "autoencoder", cfg)
+    inv = [float(mage.update(model, opt, batch, cfg, "autoencoder")["ae/inv"]) for _ in range(80)]
+    assert inv[-1] < 0.7 * inv[0]
+    policy = mage.MagePolicy(model, data, cfg, torch.device("cpu"))
+    obs = read_arrays(umaze_slice[0])["observations"][:3]
+    policy.reset(np.array([[0.0, 8.0]] * 3))
+    action = policy.act(obs, np.zeros(3))
+    assert action.shape == (3, data.act_dim) and np.isfinite(action).all()
+    for bad, match in ((dict(task="maze2d-umaze"), "head_track .* is for antmaze"), (dict(head_track=16), "plan step"),
+                       (dict(head_track=0, head_condition="track"), "needs head_track > 0")):
+        with pytest.raises(mage.RunError, match=match):
+            mage.load_data(mage.TrainConfig(**{**cfg.__dict__, **bad}), torch.device("cpu"))
+    # head_condition "track": the action is read off the plan's target alone, not the latent or the condition
+    only = mage.MAGE(mage.TrainConfig(**{**cfg.__dict__, "head_condition": "track"}), data.obs_dim, data.cond_dim,
+                     data.act_dim, data.obs_norm).inverse
+    track = torch.randn(32, ant.FEATURE_DIM)
+    assert only.latent_in is None and only.cond_in is None
+    assert torch.equal(only(z, cond, track), only(torch.randn_like(z), torch.randn_like(cond), track))
+    assert not torch.allclose(only(z, cond, track), only(z, cond, torch.randn_like(track)))
+
+
 @pytest.mark.parametrize("name", list(antmaze.VARIANTS))
 def test_d4rl_start_and_goal_rules(name):
     maze, start_rule, goal_rule = antmaze.VARIANTS[name]

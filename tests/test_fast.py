@@ -134,7 +134,7 @@ def _mage_losses(compile: bool, **overrides) -> list[float]:
     config = mage.TrainConfig(**{**SMALL_MAGE, **overrides}, compile=compile, device="cuda")
     torch.manual_seed(0)
     data = mage.load_data(config, device)
-    model = mage.MAGE(config, data.obs_dim, data.cond_dim, data.act_dim).to(device)
+    model = mage.MAGE(config, data.obs_dim, data.cond_dim, data.act_dim, data.obs_norm).to(device)
     stages, _ = mage.training_stages(config, data, model, device)
     losses, i = [], 0
     for stage in stages:
@@ -174,11 +174,16 @@ def _one_stage_losses(algo: str, compile: bool) -> list[float]:
     return losses
 
 
+MAGE_VARIANTS = {"mage": {}, "mage-relabel": dict(goal_relabel=0.5, return_condition=True),
+                 # the heading-frame plan target (antmaze only): two 1,000-step antmaze-umaze walks
+                 "mage-track": dict(task="antmaze-umaze", dataset_size=2000, plan_dims=2, goal_relabel=0.5,
+                                    return_condition=True, head_track=8, head_condition="track")}
+
+
 @pytest.mark.skipif(not CUDA, reason="CUDA graphs need a CUDA device")
-@pytest.mark.parametrize("algo", ["mage", "mage-relabel", "bc", "iql", "dt", "diffuser"])
+@pytest.mark.parametrize("algo", [*MAGE_VARIANTS, "bc", "iql", "dt", "diffuser"])
 def test_captured_steps_give_the_eager_losses(algo):
-    losses = (_mage_losses if algo == "mage" else
-              (lambda compile: _mage_losses(compile, goal_relabel=0.5, return_condition=True)) if algo == "mage-relabel"
+    losses = ((lambda compile: _mage_losses(compile, **MAGE_VARIANTS[algo])) if algo in MAGE_VARIANTS
               else (lambda compile: _one_stage_losses(algo, compile)))
     eager, fast = losses(False), losses(True)
     assert len(eager) == len(fast)
@@ -203,17 +208,19 @@ def test_captured_plan_gives_the_eager_actions(inductor):
     assert all(abs(a - b).max() < 1e-4 for a, b in zip(*actions))
 
 
-@pytest.mark.parametrize("qk_norm", [False, True])
-def test_the_plan_traces_as_one_graph_and_gives_the_eager_actions(qk_norm):
+@pytest.mark.parametrize("overrides", [{}, dict(qk_norm=True),
+                                       dict(task="antmaze-umaze", dataset_size=2000, plan_dims=2, head_track=8)],
+                         ids=["plain", "qk_norm", "head_track"])
+def test_the_plan_traces_as_one_graph_and_gives_the_eager_actions(overrides):
     """What ``inductor`` fuses at evaluation (MagePolicy._plan_actions, the K-pass generation and the head) traces
     without a graph break, so a fused plan is one kernel schedule inside its CUDA graph; checked on the CPU with the
     tracing backend (inductor's own code generation is exercised on the GPU)."""
     torch._dynamo.reset()
-    config = mage.TrainConfig(**{**SMALL_MAGE, "dataset_size": 5_000}, device="cpu", return_condition=True,
-                              return_target_expectile=0.9, qk_norm=qk_norm)
+    config = mage.TrainConfig(**{**SMALL_MAGE, "dataset_size": 5_000, **overrides}, device="cpu", return_condition=True,
+                              return_target_expectile=0.9)
     data = mage.load_data(config, torch.device("cpu"))
     torch.manual_seed(0)
-    model = mage.MAGE(config, data.obs_dim, data.cond_dim, data.act_dim).eval()
+    model = mage.MAGE(config, data.obs_dim, data.cond_dim, data.act_dim, data.obs_norm).eval()
     policy = mage.MagePolicy(model, data, config, torch.device("cpu"))
     cond = data.buffer.sample(6)["cond"][:, 0]
     with torch.no_grad():

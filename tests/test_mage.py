@@ -324,7 +324,7 @@ def test_a_state_only_head_reads_the_state_columns_of_every_condition_layout_and
         full = mage.MAGE(dataclasses.replace(cfg, head_condition="all"), data.obs_dim, data.cond_dim, data.act_dim)
         assert not torch.allclose(full.inverse(z, cond), full.inverse(z, other))  # the default head sees the goal
     assert mage.state_columns(cfg, 4, 5) == slice(1, 5)  # reward tasks: (R_t, s_t)
-    with pytest.raises(mage.RunError, match="head_condition must be 'all' or 'state'"):
+    with pytest.raises(mage.RunError, match="head_condition must be 'all', 'state' or 'track'"):
         mage.MAGE(dataclasses.replace(cfg, head_condition="goal"), data.obs_dim, data.cond_dim, data.act_dim)
 
 
