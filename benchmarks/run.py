@@ -70,6 +70,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
 # variants that change what the algorithm is given (shared.tasks.goal_input), not an ablation of the algorithm:
 # benchmarks/tables.py shows them in their own columns, apart from the published numbers
 PROTOCOL_VARIANTS = ("bc-goal", "iql-goal", "dt-goal")
+# variants that run on antmaze tasks only (head_track: the ant's heading frame), so not in the maze2d-large ablation
+# sweep (configs/sweeps/mage-ablation.yaml)
+ANTMAZE_VARIANTS = ("mage-track",)
 
 
 # what a result depends on that committed configs have changed: the budget, and MAGE's return condition

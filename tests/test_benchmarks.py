@@ -364,7 +364,7 @@ def test_sweeps_parse_and_name_existing_programs_configs_and_fields():
             assert all(f"--{k}={point[k]}" in cmd for k in extra), (cmd, extra)
     # the same grid as benchmarks/run.py's full comparison and MAGE's ablation
     expected = set(itertools.product(["mage", "dt", "diffuser", "iql", "bc"], SWEEP_GRID_TASKS, [0, 1, 2]))
-    ablations = [v for v in run.VARIANTS if v not in run.PROTOCOL_VARIANTS]
+    ablations = [v for v in run.VARIANTS if v not in run.PROTOCOL_VARIANTS + run.ANTMAZE_VARIANTS]
     expected |= set(itertools.product(["mage", *ablations], ["maze2d-large"], [0, 1, 2]))
     # and the goal-conditioned baselines on maze2d (configs/sweeps/goal-variants.yaml)
     expected |= set(itertools.product(run.PROTOCOL_VARIANTS, SWEEP_GRID_TASKS[:3], [0, 1, 2]))
