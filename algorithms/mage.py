@@ -658,7 +658,6 @@ class MAGE(nn.Module):
         state = cond[:, self.state_cols].float() * self.obs_std + self.obs_mean
         return self.features(state, xy)
 
-
     def teacher_inputs(self, zs: list[torch.Tensor]) -> Optional[torch.Tensor]:
         """Transformer inputs for scales 2..K from the per-scale contributions z_k (None when K = 1)."""
         f_hat, inputs = torch.zeros_like(zs[0]), []
