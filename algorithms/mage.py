@@ -623,10 +623,12 @@ class MAGE(nn.Module):
         self.decoder_condition = config.decoder_condition
         self.head_track, self.state_cols = config.head_track, state_columns(config, obs_dim, cond_dim)
         if config.head_track:  # the raw state and plan positions, for the heading-frame features (in checkpoints)
-            if obs_norm is None or obs_dim != 29:
-                raise RunError(f"head_track needs the ant's 29-dim state and its normaliser (obs_dim {obs_dim})")
-            from shared.data.ant import controller_features
-            self.features = controller_features
+            from shared.data import ant
+
+            if obs_norm is None or obs_dim != ant.OBS_DIM:
+                raise RunError(f"head_track needs the ant's {ant.OBS_DIM}-dim state and its normaliser (obs_dim "
+                               f"{obs_dim})")
+            self.features = ant.controller_features
             self.register_buffer("obs_mean", torch.as_tensor(obs_norm.mean, dtype=torch.float32))
             self.register_buffer("obs_std", torch.as_tensor(obs_norm.std, dtype=torch.float32))
         self.encoder = TrajectoryEncoder(x_dim, config.ae_channels, config.code_dim, config.patch, config.ae_blocks)

@@ -344,8 +344,9 @@ def stall_probe(policy, rec, reached: np.ndarray, goals: np.ndarray) -> None:
     print(f"stall probe: the {len(failed)} episodes that never reached the goal, at their last state (speed "
           f"{np.median(speed(last[failed])):.3f} median, {np.median(dist):.2f} from the goal)")
     if is_antmaze(get_task(config.task)):  # obs = [x, y, z, quat (w, x, y, z), joints, qvel]: is it on its back?
-        qx, qy = last[failed, 4], last[failed, 5]
-        up = 1.0 - 2.0 * (qx ** 2 + qy ** 2)  # the torso's z axis, world z component (1 upright, -1 on its back)
+        from shared.data.ant import upright
+
+        up = upright(last[failed, 3:7])  # the torso's z axis, world z component (1 upright, -1 on its back)
         print(f"  the ant there: torso height {np.median(last[failed, 2]):.2f} (median), upside down (torso z axis "
               f"pointing down) in {np.mean(up < 0):.0%}, tilted over 60 degrees in {np.mean(up < 0.5):.0%}")
     # how often the data shows a state that slow (its collector never stops on the way: such states are rare in it)

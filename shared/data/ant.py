@@ -142,9 +142,9 @@ def controller_features(obs: torch.Tensor, goal: torch.Tensor, dist_clip: float 
     ], -1)
 
 
-def upright(quat: np.ndarray) -> float:
-    """World-z component of the torso's z axis (1 upright, < 0 upside down)."""
-    return float(1.0 - 2.0 * (quat[1] ** 2 + quat[2] ** 2))
+def upright(quat: np.ndarray) -> np.ndarray:
+    """World-z component of the torso's z axis (1 upright, < 0 upside down); quat: (w, x, y, z) or [..., 4]."""
+    return 1.0 - 2.0 * (quat[..., 1] ** 2 + quat[..., 2] ** 2)
 
 
 # ----------------------------------------------------------------------------- open arena (controller training)
