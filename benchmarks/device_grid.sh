@@ -8,7 +8,8 @@
 # What runs: MAIN_ALGOS (default: every algorithm) on GRID_TASKS (default: all six maze tasks) x GRID_SEEDS
 # (default 0 1 2) at MAIN_PER_GPU runs per GPU, and the maze2d-large ablations ABLATIONS at ABL_PER_GPU (e.g.
 # MAIN_ALGOS=mage to spend a host on MAGE alone; ABLATIONS= for none) on ABL_TASKS (default maze2d-large) x ABL_SEEDS
-# (default 0 1 2). FRESH=1 starts from an empty results folder (to time a slice of the grid); without it the committed
+# (default 0 1 2); GRID_ARGS="--tf_steps 16000" passes flags to every run of the main grid (run.py ... -- FLAGS: their
+# results record the budget they trained with, so --rerun-stale knows them from committed-config ones). FRESH=1 starts from an empty results folder (to time a slice of the grid); without it the committed
 # results are skipped, and with STALE=1 those that trained with another budget than their config now sets are re-run
 # (run.py --rerun-stale; `python benchmarks/run.py ... --rerun-stale --dry-run` lists what a grid would run).
 # STAGGER=SECONDS starts each grid's runs that many seconds apart: runs started together compile each stage at the
@@ -217,7 +218,7 @@ elif [ "$CMD" = launch ]; then  # started by `start`, in /tmp/tree
   main() { for t in ${GRID_TASKS:-$TASKS}; do wait_data "$(data_of "$t")"; done
     # MAGE first (the longest runs), Diffuser's large mazes spread over the GPUs, short baselines fill the gaps
     grid main --per-gpu "${MAIN_PER_GPU:-9}" --algos ${MAIN_ALGOS:-mage diffuser iql dt bc} \
-      --tasks ${GRID_TASKS:-$TASKS} --seeds ${GRID_SEEDS:-0 1 2}; }
+      --tasks ${GRID_TASKS:-$TASKS} --seeds ${GRID_SEEDS:-0 1 2} ${GRID_ARGS:+-- $GRID_ARGS}; }
   ablation() { [ -n "${ABLATIONS-x}" ] || return 0
     for t in ${ABL_TASKS:-maze2d-large}; do wait_data "$(data_of "$t")"; done
     grid ablation --per-gpu "${ABL_PER_GPU:-3}" --algos ${ABLATIONS:-mage-k1 mage-nodeccond} \
