@@ -415,6 +415,8 @@ def main() -> None:
     p.add_argument("--fit-tracker", type=int, default=0, metavar="STEPS", help="antmaze: also learn an ant controller "
                    "from the data (heading-frame features of the position --track steps ahead) in STEPS steps, and "
                    "evaluate it on the plans; and both controllers aimed at the routes without a plan")
+    p.add_argument("--only", nargs="+", default=[], metavar="TEXT", help="evaluate only the ways of acting whose "
+                   "names contain one of these (e.g. --only route: the no-plan controls beside a MAGE score)")
     args = p.parse_args()
     if args.checkpoint is not None:  # e.g. checkpoint_000002000.pt: the model after stage 2 of the tiny config
         state = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
@@ -481,7 +483,9 @@ def main() -> None:
                 policies["collector on the route, no plan"] = RoutePolicy(model, data, config, device, ant=collector)
                 policies["learnt tracker on the route"] = RoutePolicy(model, data, config, device, ant=learnt)
     rows = {name: goal_behaviour(config.task, policy, args.episodes, config.eval_seed, num_envs=args.episodes)
-            for name, policy in policies.items()}
+            for name, policy in policies.items() if not args.only or any(text in name for text in args.only)}
+    if not rows:
+        raise RunError(f"--only {' '.join(args.only)}: none of {', '.join(policies)}")
     for name, row in rows.items():
         print(f"{name:28s} " + "  ".join(f"{k} {v:.2f}" for k, v in row.items()))
     if args.rollouts:

@@ -356,10 +356,15 @@ def generate(
                                   "remove it or choose another --out")
         print(f"regenerating cached dataset {path}: {reason}", file=sys.stderr)
     recipe = recipe_of(task.name)
-    arrays = recipe.generate_arrays(task.name, expected["size"], seed, recipe.default_workers if workers is None
-                                    else workers, progress)
-    if recipe.check is not None:  # a generator that drifted from the simulator fails here, before it is cached
-        recipe.check(arrays, task.name, path)
+    import torch  # here: the maze recipes need only numpy
+
+    # the caller's random numbers stay as they were: building the ant's controller draws from torch's generator, so a
+    # run that generated its data would otherwise start from other weights than the same seed run on cached data
+    with torch.random.fork_rng(devices=[]):
+        arrays = recipe.generate_arrays(task.name, expected["size"], seed, recipe.default_workers if workers is None
+                                        else workers, progress)
+        if recipe.check is not None:  # a generator that drifted from the simulator fails here, before it is cached
+            recipe.check(arrays, task.name, path)
     attrs = dict(expected, **recipe.attrs, source=recipe.source, content_sha256=content_hash(arrays),
                  **library_versions())
     _write_atomic(path, arrays, attrs)
