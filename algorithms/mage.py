@@ -93,6 +93,8 @@ class TrainConfig:
     # "track" (only head_track's features: the action read off the decoded plan, as a learnt controller follows it)
     head_track: int = 0  # antmaze, > 0: the head also sees where the decoded plan is this many steps ahead, in the
     # ant's heading frame (the data collector's features; a world-frame latent left the ant standing: docs/mage.md)
+    goal_snap: float = 0.0  # head_track, > 0: acting, a tracked plan position within this many metres of the goal
+    # becomes the goal itself (the decoded plan resolves ~0.3 m, success needs 0.5 m: ants stopped 0.5-1.5 m short)
     adapter_dim: int = 64  # bottleneck width of the decoder adapters (trained in the end-to-end stage)
     gumbel_tau: float = 1.0  # Gumbel-Softmax temperature in end-to-end fine-tuning
     w_inv: float = 1.0  # weight of L_inv (action from the latent)
@@ -152,6 +154,8 @@ def check_shapes(config: TrainConfig) -> None:
         raise RunError(f"plan_dims must be >= 0 (0: the whole state), not {config.plan_dims}")
     if not 0 <= config.head_track < config.horizon:
         raise RunError(f"head_track ({config.head_track}) must be a plan step in 1..{config.horizon - 1} (0: off)")
+    if config.goal_snap < 0 or (config.goal_snap and not config.head_track):
+        raise RunError(f"goal_snap ({config.goal_snap}) is a distance >= 0 that needs head_track > 0")
 
 
 def plan_width(config: TrainConfig, obs_dim: int) -> int:
@@ -622,6 +626,7 @@ class MAGE(nn.Module):
         x_dim = plan_width(config, obs_dim)  # the generated segment's channels
         self.decoder_condition = config.decoder_condition
         self.head_track, self.state_cols = config.head_track, state_columns(config, obs_dim, cond_dim)
+        self.goal_snap = config.goal_snap
         if config.head_track:  # the raw state and plan positions, for the heading-frame features (in checkpoints)
             from shared.data import ant
 
@@ -656,6 +661,10 @@ class MAGE(nn.Module):
         """head_track's input: the collector's features of (s_t, target), by default the decoded plan's (x, y)."""
         if target is None:  # an input, not a path for L_inv's gradient into the decoder
             target = self.decode(z, cond)[:, self.head_track, 1:3].detach()
+            if self.goal_snap > 0:  # the goal (cond's last two columns, normalised as positions), once that close
+                goal = cond[:, -2:].to(target.dtype)
+                near = ((target - goal).float() * self.obs_std[:2]).norm(dim=-1, keepdim=True) <= self.goal_snap
+                target = torch.where(near, goal, target)
         xy = target.float() * self.obs_std[:2] + self.obs_mean[:2]
         state = cond[:, self.state_cols].float() * self.obs_std + self.obs_mean
         return self.features(state, xy)

@@ -182,6 +182,15 @@ def test_head_track_sees_the_plan_in_the_heading_frame_learns_and_acts(umaze_sli
     mage.autoencoder_loss(model, batch, cfg)  # training pairs the logged action with where its segment went
     logged = batch["x"][:, 8, 1:3] * model.obs_std[:2] + model.obs_mean[:2]
     assert torch.allclose(seen[1], ant.controller_features(state, logged), atol=1e-5)
+    # goal_snap: acting, a tracked position within that distance of the goal (cond's last columns) becomes the goal
+    goal = cond[:, -2:] * model.obs_std[:2] + model.obs_mean[:2]
+    dist = (xy - goal).detach().norm(dim=-1)
+    model.goal_snap = float(dist.sort().values[15:17].mean())  # between two plans: float error cannot flip one
+    near = dist <= model.goal_snap
+    model.act(z, cond)
+    snapped = ant.controller_features(state, torch.where(near[:, None], goal, xy))
+    assert 0 < int(near.sum()) < len(near) and torch.allclose(seen[2], snapped, atol=1e-4)
+    model.goal_snap = 0.0
     turned = state.clone()  # yaw + 90 degrees: q' = q_z(90) * q
     w, x, y, z4 = state[:, 3:7].unbind(-1)
     c = 2 ** -0.5
@@ -197,7 +206,8 @@ def test_head_track_sees_the_plan_in_the_heading_frame_learns_and_acts(umaze_sli
     action = policy.act(obs, np.zeros(3))
     assert action.shape == (3, data.act_dim) and np.isfinite(action).all()
     for bad, match in ((dict(task="maze2d-umaze"), "head_track .* is for antmaze"), (dict(head_track=16), "plan step"),
-                       (dict(head_track=0, head_condition="track"), "needs head_track > 0")):
+                       (dict(head_track=0, head_condition="track"), "needs head_track > 0"),
+                       (dict(head_track=0, goal_snap=1.0), "goal_snap")):
         with pytest.raises(mage.RunError, match=match):
             mage.load_data(mage.TrainConfig(**{**cfg.__dict__, **bad}), torch.device("cpu"))
     # head_condition "track": the action is read off the plan's target alone, not the latent or the condition
