@@ -460,9 +460,10 @@ def ablation_table(cells: dict, variants: dict, present: set[str]) -> list[str]:
         lines += md_table(header, rows) + ["", "Δ: the variant minus the base on the seeds both have (same training "
                                              "and evaluation seeds), averaged over those seeds; their count in "
                                              "parentheses. The cells' means may cover other seeds.", ""]
+        notes = getattr(load_run_module(), "VARIANT_NOTES", {})
         for v in vs:
             how = " ".join(variants[v][1]) if v in variants else "(not in benchmarks/run.py's VARIANTS)"
-            lines.append(f"- `{v}`: `{base}` with `{how}`")
+            lines.append(f"- `{v}`: `{base}` with `{how}`" + (f". It {notes[v]}." if v in notes else ""))
         lines.append("")
     return lines[:-1]
 
