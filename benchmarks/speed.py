@@ -90,10 +90,10 @@ class Setting:
     name: str
     compile: bool  # config.compile: the CUDA-graph fast path
     bf16: bool  # config.bf16: bf16 autocast
-    inductor: bool = False  # config.inductor (MAGE, Diffuser): the loss also fused by torch.compile (others skip)
+    inductor: bool = False  # config.inductor (MAGE, Diffuser, IQL): the loss also fused by torch.compile (others skip)
 
 
-INDUCTOR_ALGOS = ("mage", "diffuser")  # the algorithms with config.inductor
+INDUCTOR_ALGOS = ("mage", "diffuser", "iql")  # the algorithms with config.inductor
 # graphs+inductor is measured only when asked for (--settings eager,graphs,graphs+inductor): it compiles for minutes
 SETTINGS = (Setting("eager", False, False), Setting("graphs", True, False),
             Setting("graphs+inductor", True, False, True))

@@ -149,10 +149,13 @@ TINY = dict(task="maze2d-umaze", dataset_size=30_000, bf16=False, device="cuda",
 
 
 def _one_stage_losses(algo: str, compile: bool) -> list[float]:
-    """40 steps of a baseline's only stage through its training_stages, from seed 0."""
+    """40 steps of a baseline's only stage through its training_stages, from seed 0 ("iql+inductor": the captured
+    step with its losses fused by inductor)."""
+    algo, _, fuse = algo.partition("+")
     mod, device = {"bc": bc, "iql": iql, "dt": dt, "diffuser": diffuser}[algo], torch.device("cuda")
     steps = {"diffuser": dict(steps=40, horizon=32, dim=16, n_diffusion_steps=20, ema_every=2, ema_start=4)}
-    config = mod.TrainConfig(**TINY, compile=compile, **steps.get(algo, dict(steps=40)))
+    config = mod.TrainConfig(**TINY, compile=compile, **steps.get(algo, dict(steps=40)),
+                             **(dict(inductor=True) if fuse else {}))
     torch.manual_seed(0)
     data = mod.load_data(config, device)
     if algo == "bc":
@@ -181,7 +184,7 @@ MAGE_VARIANTS = {"mage": {}, "mage-relabel": dict(goal_relabel=0.5, return_condi
 
 
 @pytest.mark.skipif(not CUDA, reason="CUDA graphs need a CUDA device")
-@pytest.mark.parametrize("algo", [*MAGE_VARIANTS, "bc", "iql", "dt", "diffuser"])
+@pytest.mark.parametrize("algo", [*MAGE_VARIANTS, "bc", "iql", "iql+inductor", "dt", "diffuser"])
 def test_captured_steps_give_the_eager_losses(algo):
     losses = ((lambda compile: _mage_losses(compile, **MAGE_VARIANTS[algo])) if algo in MAGE_VARIANTS
               else (lambda compile: _one_stage_losses(algo, compile)))
