@@ -634,8 +634,10 @@ class MAGE(nn.Module):
                 raise RunError(f"head_track needs the ant's {ant.OBS_DIM}-dim state and its normaliser (obs_dim "
                                f"{obs_dim})")
             self.features = ant.controller_features
-            self.register_buffer("obs_mean", torch.as_tensor(obs_norm.mean, dtype=torch.float32))
-            self.register_buffer("obs_std", torch.as_tensor(obs_norm.std, dtype=torch.float32))
+            # copies (torch.tensor): as_tensor shared the normaliser's float32 arrays, and loading another run's
+            # checkpoint then overwrote the data's normaliser in place
+            self.register_buffer("obs_mean", torch.tensor(obs_norm.mean, dtype=torch.float32))
+            self.register_buffer("obs_std", torch.tensor(obs_norm.std, dtype=torch.float32))
         self.encoder = TrajectoryEncoder(x_dim, config.ae_channels, config.code_dim, config.patch, config.ae_blocks)
         self.vq = MultiScaleVQ(config.scales, config.codebook_size, config.code_dim, config.beta, config.phi_ratio)
         self.decoder = ConditionGuidedDecoder(x_dim, config.ae_channels, config.code_dim, cond_dim, config.patch,

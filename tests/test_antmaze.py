@@ -171,6 +171,10 @@ def test_head_track_sees_the_plan_in_the_heading_frame_learns_and_acts(umaze_sli
     data = mage.load_data(cfg, torch.device("cpu"))
     torch.manual_seed(0)
     model = mage.MAGE(cfg, data.obs_dim, data.cond_dim, data.act_dim, data.obs_norm)
+    kept = data.obs_norm.mean.copy()
+    model.load_state_dict({**model.state_dict(), "obs_mean": model.obs_mean + 1.0})  # another run's normaliser
+    assert np.array_equal(data.obs_norm.mean, kept)  # ... does not leak into the data's
+    model.obs_mean -= 1.0
     batch = mage.sample_batch(data, cfg)
     cond, z = batch["cond"][:, 0], torch.randn(32, cfg.code_dim, 8)
     seen = []
