@@ -37,8 +37,8 @@ from shared.evaluation import evaluate, require_evaluation  # noqa: E402
 from shared.logger import Logger, finish_run, prepare_run_dir  # noqa: E402
 from shared.tasks import algo_inputs, get_task, goal_input, goal_radius  # noqa: E402
 from shared.training import (  # noqa: E402
-    Stage, captured, expectile_loss, fused, load_optimizer, make_optimizer, make_step, resume_point, train_loop,
-    use_graphs,
+    Stage, captured, expectile_loss, fused, load_optimizer, make_optimizer, make_step, resume_point, soft_update,
+    train_loop, use_graphs,
 )
 from shared.utils import (  # noqa: E402
     RunError, check_data_fits, device_name, load_latest_checkpoint, resolve_device, rng_state, run_main, set_seed,
@@ -281,8 +281,7 @@ def update(model: IQL, optimizers: dict, batch: dict, config: TrainConfig) -> di
     loss.backward()
     for opt in optimizers.values():
         opt.step()
-    with torch.no_grad():  # one multi-tensor kernel, not one per parameter
-        torch._foreach_lerp_(list(model.q_target.parameters()), list(model.qf.parameters()), config.tau)
+    soft_update(model.q_target, model.qf, config.tau)
     # the actor's rate: a float (eager) or the captured optimiser's device tensor, read at log time
     return {**stats, "train/loss": loss.detach(), "train/actor_lr": optimizers["actor"].param_groups[0]["lr"]}
 

@@ -698,8 +698,8 @@ def autoencoder_loss(model: MAGE, batch: dict, config: TrainConfig):
     x, cond, mask = batch["x"], batch["cond"][:, 0], batch["mask"]
     f_st, idx_list, vq_loss, zs = model.vq(model.encoder(x))
     recon = masked_mse(model.decode(f_st, cond), x, mask)
-    act = model.act(f_st.detach(), cond, logged_target(x, config))  # pre-training only: the encoder is not pushed
-    # to store action noise
+    # pre-training only: the detached latent keeps the encoder from being pushed to store action noise
+    act = model.act(f_st.detach(), cond, logged_target(x, config))
     inv = masked_mse(act, batch["actions"][:, 0], mask[:, 0])
     loss = recon + vq_loss + config.w_inv * inv
     stats = {"ae/recon": recon.detach(), "ae/vq": vq_loss.detach(), "ae/inv": inv.detach()}  # tensors: no sync

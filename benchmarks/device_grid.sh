@@ -9,8 +9,9 @@
 # (default 0 1 2) at MAIN_PER_GPU runs per GPU, and the maze2d-large ablations ABLATIONS at ABL_PER_GPU (e.g.
 # MAIN_ALGOS=mage to spend a host on MAGE alone; ABLATIONS= for none) on ABL_TASKS (default maze2d-large) x ABL_SEEDS
 # (default 0 1 2); GRID_ARGS="--tf_steps 16000" passes flags to every run of the main grid (run.py ... -- FLAGS: their
-# results record the budget they trained with, so --rerun-stale knows them from committed-config ones). FRESH=1 starts from an empty results folder (to time a slice of the grid); without it the committed
-# results are skipped, and with STALE=1 those that trained with another budget than their config now sets are re-run
+# results record the budget they trained with, so --rerun-stale knows them from committed-config ones). FRESH=1
+# starts from an empty results folder (to time a slice of the grid); without it the committed results are skipped,
+# and with STALE=1 those that trained with another budget than their config now sets are re-run
 # (run.py --rerun-stale; `python benchmarks/run.py ... --rerun-stale --dry-run` lists what a grid would run).
 # STAGGER=SECONDS starts each grid's runs that many seconds apart: runs started together compile each stage at the
 # same moments, and six 20k MAGE runs left the GPU idle in three such gaps, ~270 s of a 1,200 s grid

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from shared.training import captured, make_optimizer, make_step, use_graphs
+from shared.training import captured, make_optimizer, make_step, soft_update, use_graphs
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 
@@ -151,8 +151,7 @@ def update(sac: SAC, opts: dict, batch: dict, config) -> dict:
     loss.backward()
     for opt in opts.values():
         opt.step()
-    with torch.no_grad():  # one multi-tensor kernel rather than one per parameter
-        torch._foreach_lerp_(list(sac.qf_target.parameters()), list(qf.parameters()), config.tau)
+    soft_update(sac.qf_target, qf, config.tau)
     return {"train/loss": loss.detach(), "sac/q_loss": q_loss.detach(), "sac/actor_loss": actor_loss.detach(),
             "sac/alpha": alpha[0], "sac/entropy": -logp.detach().mean(), "sac/q_mean": q1.detach().mean()}
 
